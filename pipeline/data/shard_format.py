@@ -1,0 +1,204 @@
+"""The shard format: the one contract between data_prep (writer) and pipeline.data (reader).
+
+A dataset is a folder of POSIX tar files plus `manifest.json` beside them:
+
+    out/
+      train-000000.tar  train-000001.tar  val-000000.tar
+      manifest.json     quarantine.jsonl
+
+Shard names are `{split}-{index:06d}.tar`. A shard is written as `NAME.tar.tmp` and renamed when
+complete, so a name ending in `.tar` is always a whole shard; readers ignore anything else.
+
+Each sample is a group of tar members sharing a key (WebDataset convention: the key is the
+member name up to the first dot, so keys never contain dots; see `make_key`):
+
+    <key>.mp4         the video bytes (H.264 in MP4 unless the source was kept as is)
+    <key>.json        SampleMeta below (UTF-8 JSON object)
+    <key>.boxes.json  optional: {"format": "xyxy", "boxes": [[x0, y0, x1, y1] | null, ...]}
+                      one entry per frame, pixel coordinates of the stored video
+    <key>.masks.npz   optional: numpy .npz with array "masks", uint8 (T, H, W), 0 = background,
+                      k = object k; always loaded with allow_pickle=False
+
+No member is ever pickled, and readers never unpickle (no `.pyd`/`.pickle` decoding).
+
+manifest.json (format_version 1):
+
+    {"format": "vssl-shards", "format_version": 1,
+     "shards": [{"name": "train-000000.tar", "split": "train", "samples": 120,
+                 "bytes": 52428800, "sha256": "..."}, ...],
+     "classes": ["class_a", "class_b", ...],        # label id = index
+     "totals": {"samples": N, "bytes": B, "shards": S, "duration": seconds,
+                "by_split": {"train": N1, "val": N2}},
+     "quarantined": Q, "command": ["vssl", "shard", ...], "config": {...}, "created": ISO-8601}
+
+Readers take counts from the manifest and never guess them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "vssl-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+QUARANTINE_NAME = "quarantine.jsonl"
+VIDEO_EXT = "mp4"
+META_EXT = "json"
+BOXES_EXT = "boxes.json"
+MASKS_EXT = "masks.npz"
+KNOWN_EXTS = (VIDEO_EXT, META_EXT, BOXES_EXT, MASKS_EXT)
+TMP_SUFFIX = ".tmp"
+
+_KEY_OK = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
+_KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]+")
+
+
+class ShardFormatError(ValueError):
+    """A manifest or sample does not follow the format; the message names the file/key."""
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def is_valid_key(key: str) -> bool:
+    return bool(_KEY_OK.match(key))
+
+
+def make_key(text: str) -> str:
+    """A deterministic, dot-free WebDataset key for a source identifier (e.g. a relative path).
+
+    Keys already valid stay as they are; otherwise unsafe characters become '_' and a short hash
+    of the original text is appended so two different sources never share a key.
+    """
+    if is_valid_key(text):
+        return text
+    stem = _KEY_BAD_CHARS.sub("_", text).strip("_")[:160] or "sample"
+    digest = hashlib.sha1(text.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    return f"{stem}_{digest}"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class SampleMeta:
+    """`<key>.json`. label is -1 for unlabelled samples."""
+
+    label: int
+    label_name: str
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+    duration: float
+    source: str
+    sha256: str
+    split: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes | str, key: str = "?") -> "SampleMeta":
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ShardFormatError(f"{key}.json: not valid JSON ({e.__class__.__name__})") from None
+        if not isinstance(obj, dict):
+            raise ShardFormatError(f"{key}.json: expected an object")
+        types = {"label": int, "label_name": str, "fps": (int, float), "num_frames": int,
+                 "width": int, "height": int, "duration": (int, float), "source": str,
+                 "sha256": str, "split": str}
+        for name, tp in types.items():
+            if name not in obj:
+                raise ShardFormatError(f"{key}.json: missing field {name!r}")
+            if not isinstance(obj[name], tp) or isinstance(obj[name], bool):
+                raise ShardFormatError(f"{key}.json: field {name!r} has wrong type {type(obj[name]).__name__}")
+        extra = obj.get("extra", {})
+        if not isinstance(extra, dict):
+            raise ShardFormatError(f"{key}.json: field 'extra' must be an object")
+        unknown = set(obj) - set(types) - {"extra"}
+        if unknown:
+            raise ShardFormatError(f"{key}.json: unknown fields {sorted(unknown)}")
+        return cls(**{k: obj[k] for k in types}, extra=extra)
+
+
+@dataclass
+class ShardEntry:
+    name: str
+    split: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    shards: list[ShardEntry]
+    classes: list[str]
+    totals: dict[str, Any]
+    quarantined: int = 0
+    command: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def shards_for(self, split: str | None = None) -> list[ShardEntry]:
+        return [s for s in self.shards if split is None or s.split == split]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def write(self, folder: str | Path) -> Path:
+        """Atomically write manifest.json into `folder` (temp file + rename)."""
+        path = Path(folder) / MANIFEST_NAME
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        tmp.write_text(self.to_json())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return path
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Load and check a manifest.json (or the folder holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ShardFormatError(f"{path}: manifest not found")
+    try:
+        obj = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
+        raise ShardFormatError(f"{path}: not a {FORMAT_NAME} manifest (missing 'format')")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise ShardFormatError(
+            f"{path}: format_version {obj.get('format_version')!r} unsupported (want {FORMAT_VERSION})")
+    try:
+        shards = [ShardEntry(**s) for s in obj["shards"]]
+        return Manifest(
+            shards=shards, classes=list(obj["classes"]), totals=dict(obj["totals"]),
+            quarantined=int(obj.get("quarantined", 0)), command=list(obj.get("command", [])),
+            config=dict(obj.get("config", {})), created=str(obj.get("created", "")))
+    except (KeyError, TypeError) as e:
+        raise ShardFormatError(f"{path}: malformed manifest ({e.__class__.__name__}: {e})") from None

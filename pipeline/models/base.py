@@ -1,0 +1,78 @@
+"""The interface every video backbone implements, and the masking conventions they share.
+
+Input: `video` (B, C, T, H, W) float. The tubelet embedding cuts it into a token grid
+(t, h, w) = (T/pt, H/ph, W/pw); token n of the flattened grid is (n // (h*w), (n // w) % h, n % w).
+
+Masks are (B, N) bool over that embedding grid, True = hidden (N = t*h*w). How a backbone
+honours a mask is stated by its `mask_mode`:
+
+    "visible_only"  hidden tokens are dropped before the blocks; every row must hide the same
+                    number of tokens. Factorised attentions (divided, ViViT, axial) additionally
+                    need a tube mask (the same spatial positions hidden in every frame) and
+                    raise ValueError otherwise - nothing silently falls back to dense.
+    "mask_token"    hidden tokens are replaced by a learned mask token (hierarchical backbones).
+
+With visible_only, `BackboneOutput.tokens` holds the visible tokens in ascending grid order;
+`restore_order(mask)` gives the permutation that puts [visible..., hidden...] back on the grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+MaskMode = Literal["visible_only", "mask_token"]
+
+
+@dataclass
+class BackboneOutput:
+    tokens: Tensor  # (B, N_out, D): final tokens (visible ones only in visible_only mode)
+    grid: tuple[int, int, int]  # (t, h, w) of the final stage's full token grid
+    pooled: Tensor  # (B, D): mean of the final tokens
+    mask: Tensor | None = None  # the (B, N) mask applied, None when unmasked
+    layers: list[Tensor] = field(default_factory=list)  # intermediate outputs asked for
+
+
+class VideoBackbone(nn.Module):
+    """Base class: subclasses set the attributes in __init__ and implement `forward`."""
+
+    mask_mode: MaskMode = "visible_only"
+    embed_dim: int
+    patch_size: tuple[int, int, int]  # (pt, ph, pw)
+    num_frames: int
+    img_size: int
+    config: dict  # constructor arguments (with "name"), enough to rebuild the model
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        pt, ph, pw = self.patch_size
+        if num_frames % pt or height % ph or width % pw:
+            raise ValueError(
+                f"input {num_frames}x{height}x{width} is not divisible by the tubelet {pt}x{ph}x{pw}")
+        return num_frames // pt, height // ph, width // pw
+
+    def forward(self, video: Tensor, mask: Tensor | None = None,
+                return_layers: tuple[int, ...] = ()) -> BackboneOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+
+def restore_order(mask: Tensor) -> Tensor:
+    """ids_restore: index into [visible tokens..., hidden tokens...] for each grid position.
+
+    Sorting positions by (hidden, index) lists visible ones first in grid order; inverting that
+    permutation maps each grid position to its slot. Pure function of the mask.
+    """
+    ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+    return torch.argsort(ids_shuffle, dim=1)
+
+
+def is_tube_mask(mask: Tensor, grid: tuple[int, int, int]) -> bool:
+    """True when every frame of every row hides the same spatial positions."""
+    t, h, w = grid
+    m = mask.view(mask.shape[0], t, h * w)
+    return bool((m == m[:, :1]).all())

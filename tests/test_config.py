@@ -1,0 +1,42 @@
+import pytest
+
+from pipeline.config import ConfigError, PretrainConfig, load_config
+
+
+def test_defaults_and_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data:\n  num_frames: 8\ntrain:\n  max_steps: 5\n")
+    cfg = load_config(PretrainConfig, recipe, ["train.max_steps=7", "data.mask_ratio=0.75"])
+    assert cfg.data.num_frames == 8
+    assert cfg.train.max_steps == 7
+    assert cfg.data.mask_ratio == 0.75
+    assert cfg.data.crop_size == 224  # default kept
+
+
+@pytest.mark.parametrize("override, needle", [
+    (["data.num_framez=3"], "data.num_framez: unknown key"),
+    (["data.num_frames=abc"], "data.num_frames: expected an integer"),
+    (["data.num_frames=1.5"], "data.num_frames: expected an integer"),
+    (["train.max_steps"], "expected KEY=VALUE"),
+    (["data.mask_ratio=1.0"], "data.mask_ratio"),
+    (["data.decoder=ffmpeg"], "data.decoder"),
+    (["bogus.x=1"], "bogus: unknown key"),
+])
+def test_bad_overrides_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(PretrainConfig, None, override)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_config(PretrainConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(PretrainConfig, bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(PretrainConfig, listy)
