@@ -236,16 +236,79 @@ class ShardConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """The self-supervised objective (pipeline/objectives)."""
+
+    name: str = "videomae"  # videomae | predictive
+    # VideoMAE
+    decoder_dim: int = 192
+    decoder_depth: int = 4
+    decoder_heads: int = 3
+    norm_pix_loss: bool = True
+    decoder_mask_ratio: float = 0.0  # >0: running-cell decoder masking (VideoMAE v2)
+    # next-frame predictive
+    predict_steps: int = 1  # tubelet time steps predicted after the context
+    latent_target: bool = False  # also predict an EMA target encoder's latents
+    ema_momentum: float = 0.996
+    latent_weight: float = 1.0
+    log_precision_min: float = -6.0
+    log_precision_max: float = 6.0
+
+    def validate(self) -> None:
+        if self.name not in ("videomae", "predictive"):
+            raise ConfigError(f"objective.name: must be videomae or predictive, got {self.name!r}")
+        if not 0.0 <= self.decoder_mask_ratio < 1.0:
+            raise ConfigError(f"objective.decoder_mask_ratio: must be in [0, 1), got {self.decoder_mask_ratio}")
+        if self.predict_steps < 1:
+            raise ConfigError(f"objective.predict_steps: must be >= 1, got {self.predict_steps}")
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ConfigError(f"objective.ema_momentum: must be in [0, 1], got {self.ema_momentum}")
+        if self.log_precision_min >= self.log_precision_max:
+            raise ConfigError("objective.log_precision_min: must be below log_precision_max")
+        if self.decoder_dim % self.decoder_heads:
+            raise ConfigError(f"objective.decoder_dim: {self.decoder_dim} not divisible by decoder_heads")
+
+
+@dataclass
 class TrainConfig:
     """The trainer (pipeline/train)."""
 
     output_dir: str = "runs/pretrain"
     max_steps: int = 100
     seed: int = 0
+    lr: float = 1.5e-4
+    min_lr: float = 1e-6
+    warmup_steps: int = 10
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0  # 0 disables
+    grad_accum: int = 1
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    compile: bool = False
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 50
+    keep_last: int = 3
+    log_every: int = 1
+    image_every: int = 50
+    max_nonfinite_retries: int = 3
+    resume: str = "auto"  # auto: latest complete checkpoint in output_dir | never | a folder
+    dist_timeout_s: float = 600.0
+
+    def validate(self) -> None:
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"train.mixed_precision: must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        for name in ("max_steps", "grad_accum", "checkpoint_every", "log_every", "image_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr: must be > 0, got {self.lr}")
+        if self.max_nonfinite_retries < 0:
+            raise ConfigError(f"train.max_nonfinite_retries: must be >= 0, got {self.max_nonfinite_retries}")
 
 
 @dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

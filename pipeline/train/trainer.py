@@ -1,0 +1,190 @@
+"""The pretraining loop: Accelerate for devices and processes, exact resume, non-finite guards.
+
+    vssl pretrain recipes/pretrain/quickstart.yaml --set train.max_steps=20
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m pipeline.cli pretrain R.yaml
+
+One optimizer step consumes `train.grad_accum` batches from each rank's loader. Everything that
+decides the next step - weights, optimizer moments, step, RNG, loader position - is checkpointed
+(pipeline/train/checkpoint.py), so a run killed at any step and resumed logs the same losses as
+one never killed (bit-identical on CPU with the same process count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from pipeline.config import PretrainConfig, to_dict
+from pipeline.train import checkpoint as ck
+from pipeline.train.monitor import Monitor
+from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
+
+FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: comma-separated steps whose loss becomes NaN
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. repeated non-finite losses); the message says why and where."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_loss: float
+    output_dir: Path
+    resumed_from: int | None
+
+
+def make_accelerator(train_cfg):
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+    precision = train_cfg.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
+    timeout = timedelta(seconds=train_cfg.dist_timeout_s)
+    backend = "nccl" if on_gpu else "gloo"
+    return Accelerator(
+        mixed_precision=precision, cpu=not on_gpu,
+        kwargs_handlers=[InitProcessGroupKwargs(backend=backend, timeout=timeout)])
+
+
+def _nan_steps() -> set[int]:
+    text = os.environ.get(FAULT_NAN_STEPS, "")
+    return {int(s) for s in text.split(",") if s.strip()}
+
+
+def _save(acc, model, optimizer, loader, root: Path, step: int, cfg: PretrainConfig, extra: dict) -> None:
+    """Every rank writes its own state; rank 0 writes the shared parts and commits the folder."""
+    tmp = root / f"step-{step:06d}.tmp"
+    if acc.is_main_process:
+        ck.begin_save(root, step)
+    acc.wait_for_everyone()
+    unwrapped = acc.unwrap_model(model)
+    if any(not torch.isfinite(p).all() for p in unwrapped.parameters()):
+        raise TrainingError(f"step {step}: parameters are not finite; refusing to write a checkpoint")
+    if acc.is_main_process:
+        ck.write_model(tmp, unwrapped.state_dict())
+        ck.write_optimizer(tmp, optimizer.state_dict())
+    ck.write_rank_state(tmp, acc.process_index, {
+        "step": step, "rng": ck.rng_state(), "loader": loader.state_dict(), **extra})
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        ck.finish_save(tmp, step, {"config": to_dict(cfg), "world_size": acc.num_processes},
+                       keep_last=cfg.train.keep_last)
+    acc.wait_for_everyone()
+
+
+def _resume_folder(cfg: PretrainConfig, root: Path) -> Path | None:
+    mode = cfg.train.resume
+    if mode == "never":
+        return None
+    if mode == "auto":
+        return ck.latest_checkpoint(root)
+    folder = Path(mode)
+    if ck.read_metadata(folder) is None:
+        raise ck.CheckpointError(f"train.resume: {folder} is not a complete checkpoint folder")
+    return folder
+
+
+def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
+    """Run pretraining. `build_objective(cfg) -> nn.Module` returns a module whose forward maps a
+    batch to (loss, logs); `build_loader(cfg, rank, world, objective) -> loader` returns an iterable
+    of batches with state_dict / load_state_dict / set_epoch / stats."""
+    tc = cfg.train
+    acc = make_accelerator(tc)
+    torch.manual_seed(tc.seed + acc.process_index)
+    out = Path(tc.output_dir)
+    ckpt_root = out / "checkpoints"
+    objective = build_objective(cfg)
+    loader = build_loader(cfg, acc.process_index, acc.num_processes, objective)
+    optimizer = build_optimizer(objective, tc.lr, tc.weight_decay, tuple(tc.betas))
+
+    resumed_from = None
+    state: dict = {"epoch": 0, "nonfinite": 0}
+    folder = _resume_folder(cfg, ckpt_root)
+    if folder is not None:
+        objective.load_state_dict(ck.load_model_state(folder))
+        optimizer.load_state_dict(ck.load_optimizer_state(folder))
+        rank_state = ck.load_rank_state(folder, acc.process_index)
+        ck.set_rng_state(rank_state["rng"])
+        loader.load_state_dict(rank_state["loader"])
+        state = {k: rank_state[k] for k in state}
+        resumed_from = rank_state["step"]
+    if tc.grad_checkpointing:
+        objective.set_grad_checkpointing(True)
+    model, optimizer = acc.prepare(objective, optimizer)
+    if tc.compile:
+        model = torch.compile(model)
+
+    step = resumed_from or 0
+    monitor = Monitor(cfg, acc, objective, resumed_from=step)
+    nan_steps = _nan_steps()
+    loader.set_epoch(state["epoch"])
+    batches = iter(loader)
+
+    def next_batch():
+        nonlocal batches
+        while True:
+            try:
+                return next(batches)
+            except StopIteration:
+                state["epoch"] += 1
+                loader.set_epoch(state["epoch"])
+                batches = iter(loader)
+
+    loss_value = float("nan")
+    try:
+        while step < tc.max_steps:
+            lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.max_steps, tc.min_lr)
+            set_lr(optimizer, lr)
+            t_start = time.perf_counter()
+            wait = 0.0
+            total, logs, batch = 0.0, {}, None
+            for micro in range(tc.grad_accum):
+                t0 = time.perf_counter()
+                batch = next_batch()
+                wait += time.perf_counter() - t0
+                sync = micro == tc.grad_accum - 1
+                with contextlib.nullcontext() if sync else acc.no_sync(model):
+                    with acc.autocast():
+                        loss, logs = model(batch)
+                    if step in nan_steps:
+                        loss = loss * float("nan")
+                    acc.backward(loss / tc.grad_accum)
+                total += loss.detach().float() / tc.grad_accum
+            grad_norm = acc.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+            bad = torch.tensor([0.0 if torch.isfinite(total) and torch.isfinite(grad_norm) else 1.0],
+                               device=acc.device)
+            if acc.reduce(bad, reduction="sum").item() > 0:
+                optimizer.zero_grad(set_to_none=True)
+                state["nonfinite"] += 1
+                monitor.warn(f"step {step}: non-finite loss or gradient, update skipped "
+                             f"({state['nonfinite']}/{tc.max_nonfinite_retries})")
+                if state["nonfinite"] > tc.max_nonfinite_retries:
+                    raise TrainingError(
+                        f"step {step}: loss or gradient non-finite {state['nonfinite']} times in a row "
+                        f"(train.max_nonfinite_retries={tc.max_nonfinite_retries}); stopped without "
+                        f"writing a checkpoint; last good one: {ck.latest_checkpoint(ckpt_root)}")
+                continue
+            state["nonfinite"] = 0
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = acc.reduce(total.to(acc.device), reduction="mean").item()
+            monitor.step(step, loss_value, lr, float(grad_norm), logs, batch, model,
+                         step_time=time.perf_counter() - t_start, data_wait=wait, loader=loader)
+            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+                _save(acc, model, optimizer, loader, ckpt_root, step, cfg, state)
+    finally:
+        monitor.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return TrainResult(step=step, last_loss=loss_value, output_dir=out, resumed_from=resumed_from)
