@@ -46,6 +46,16 @@ class VideoBackbone(nn.Module):
     img_size: int
     config: dict  # constructor arguments (with "name"), enough to rebuild the model
 
+    @property
+    def num_features(self) -> int:
+        """Width of `BackboneOutput.tokens` (hierarchical backbones: the last stage's width)."""
+        return self.embed_dim
+
+    @property
+    def output_stride(self) -> tuple[int, int, int]:
+        """Pixels (frames, rows, cols) covered by one final token; the tubelet for plain ViTs."""
+        return self.patch_size
+
     def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
         pt, ph, pw = self.patch_size
         if num_frames % pt or height % ph or width % pw:

@@ -1,0 +1,123 @@
+"""Pieces both objectives use: patchify, per-patch targets, a light transformer, pictures.
+
+Patches are tubelets (pt, ph, pw) flattened as (pt, ph, pw, C), listed in token-grid order
+(t, h, w) - the same order as the backbone's tokens and masks (pipeline/models/base.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+def patchify(video: Tensor, patch: tuple[int, int, int]) -> Tensor:
+    """(B, C, T, H, W) -> (B, N, pt*ph*pw*C) in (t, h, w) grid order."""
+    b, c, t, h, w = video.shape
+    pt, ph, pw = patch
+    x = video.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
+    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
+
+
+def unpatchify(x: Tensor, patch: tuple[int, int, int], grid: tuple[int, int, int], channels: int) -> Tensor:
+    """Inverse of `patchify`: (B, N, pt*ph*pw*C) -> (B, C, T, H, W)."""
+    b = x.shape[0]
+    pt, ph, pw = patch
+    t, h, w = grid
+    x = x.reshape(b, t, h, w, pt, ph, pw, channels)
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, channels, t * pt, h * ph, w * pw)
+
+
+def normalize_patches(patches: Tensor, channels: int, eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-patch, per-channel standardisation (VideoMAE's norm_pix_loss target).
+
+    Returns (normalised, mean, std) with mean/std broadcastable to (B, N, P, C) for undoing it.
+    """
+    b, n, d = patches.shape
+    x = patches.reshape(b, n, d // channels, channels)
+    mean = x.mean(dim=2, keepdim=True)
+    std = (x.var(dim=2, unbiased=True, keepdim=True) + eps).sqrt()
+    return ((x - mean) / std).reshape(b, n, d), mean, std
+
+
+def sincos_pos_embed(grid: tuple[int, int, int], dim: int) -> Tensor:
+    """Fixed 3D sine-cosine position embedding (1, t*h*w, dim): dim split over t, h, w."""
+    t, h, w = grid
+    per_axis = [dim // 3 // 2 * 2] * 3
+    per_axis[0] += dim - sum(per_axis)
+    parts = []
+    for size, d_axis in zip((t, h, w), per_axis):
+        pos = torch.arange(size, dtype=torch.float64)
+        omega = 1.0 / (10000 ** (torch.arange(d_axis // 2, dtype=torch.float64) / max(d_axis // 2, 1)))
+        angles = pos[:, None] * omega[None]
+        emb = torch.cat([angles.sin(), angles.cos()], dim=1)
+        if emb.shape[1] < d_axis:
+            emb = torch.cat([emb, torch.zeros(size, d_axis - emb.shape[1], dtype=emb.dtype)], 1)
+        parts.append(emb)
+    et, eh, ew = parts
+    full = torch.cat([
+        et[:, None, None].expand(t, h, w, -1),
+        eh[None, :, None].expand(t, h, w, -1),
+        ew[None, None, :].expand(t, h, w, -1)], dim=-1)
+    return full.reshape(1, t * h * w, dim).float()
+
+
+def transformer(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:
+    """A pre-norm GELU transformer stack (torch's, so SDPA fast paths apply)."""
+    layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True)
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+def init_weights(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def to_uint8_frames(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """(C, T, H, W) normalised -> (T, H, W, C) uint8 for pictures."""
+    m = torch.tensor(mean, dtype=video.dtype, device=video.device).view(-1, 1, 1, 1)
+    s = torch.tensor(std, dtype=video.dtype, device=video.device).view(-1, 1, 1, 1)
+    x = (video.float() * s + m).clamp(0, 1)
+    return (x.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def heat_rgb(values: np.ndarray) -> np.ndarray:
+    """(..., ) float -> (..., 3) uint8 'hot' colour map scaled to the array's own range."""
+    v = values.astype(np.float64)
+    v = (v - v.min()) / (v.max() - v.min() + 1e-12)
+    rgb = np.stack([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], -1)
+    return (rgb * 255).astype(np.uint8)
+
+
+def picture_rows(rows: list[np.ndarray], max_frames: int = 8, gap: int = 2) -> np.ndarray:
+    """Stack rows of frames (each (T, H, W, 3) uint8) into one grid image, T subsampled evenly."""
+    t = rows[0].shape[0]
+    idx = np.linspace(0, t - 1, min(t, max_frames)).round().astype(int)
+    h, w = rows[0].shape[1:3]
+    canvas = np.full((len(rows) * (h + gap) - gap, len(idx) * (w + gap) - gap, 3), 255, np.uint8)
+    for r, frames in enumerate(rows):
+        for c, i in enumerate(idx):
+            canvas[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = frames[min(i, len(frames) - 1)]
+    return canvas
+
+
+def upsample_tokens(values: Tensor, grid: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+    """Per-token scalars (N,) on `grid` -> (T, H, W) array by nearest repetition."""
+    t, h, w = grid
+    v = values.reshape(1, 1, t, h, w).float()
+    return torch.nn.functional.interpolate(v, size=size, mode="nearest")[0, 0].cpu().numpy()
+
+
+def gaussian_nll(err2: Tensor, log_precision: Tensor) -> Tensor:
+    """Precision-weighted prediction error: 0.5*exp(s)*err^2 - 0.5*s, elementwise."""
+    return 0.5 * torch.exp(log_precision) * err2 - 0.5 * log_precision
+

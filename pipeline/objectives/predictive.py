@@ -1,0 +1,152 @@
+"""Next-frame predictive ("active inference") objective with precision-weighted prediction error.
+
+    vssl pretrain recipes/pretrain/predictive.yaml         # objective.name: predictive
+
+The encoder sees the context: all but the last `predict_steps` tubelet time steps of the clip.
+A causal temporal predictor (a transformer whose tokens attend only to tokens at the same or
+earlier time steps) reads the context tokens followed by one query token per future position and
+predicts, for each future token, (a) the pixels of its region (per-patch normalised, as VideoMAE
+targets), (b) optionally the latent of an EMA target encoder that saw the whole clip, and (c) a
+log precision s. The loss is the Gaussian negative log-likelihood 0.5*exp(s)*err^2 - 0.5*s
+(common.gaussian_nll) with err^2 the token's mean squared error, so the model learns where the
+future is predictable. precision*|error| per token is the surprise map (logged as a picture).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import ObjectiveConfig
+from pipeline.models.base import VideoBackbone
+from pipeline.objectives.common import (gaussian_nll, heat_rgb, init_weights, normalize_patches, patchify,
+                                        picture_rows, sincos_pos_embed, to_uint8_frames, transformer,
+                                        unpatchify, upsample_tokens)
+from pipeline.objectives.videomae import IMAGENET_MEAN, IMAGENET_STD
+
+
+def causal_time_mask(times: Tensor) -> Tensor:
+    """Additive attention mask (L, L): token i may attend to token j iff time[j] <= time[i]."""
+    allowed = times[None, :] <= times[:, None]
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=times.device).masked_fill(~allowed, float("-inf"))
+
+
+class NextFramePredictive(nn.Module):
+    def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.encoder, self.cfg, self.channels = encoder, cfg, channels
+        self.mean, self.std = tuple(mean), tuple(std)
+        d, width = cfg.decoder_dim, encoder.num_features
+        self.proj = nn.Linear(width, d)
+        self.query = nn.Parameter(torch.zeros(1, 1, d))
+        self.predictor = transformer(d, cfg.decoder_depth, cfg.decoder_heads)
+        self.norm = nn.LayerNorm(d)
+        stride = encoder.output_stride
+        self.pixel_head = nn.Linear(d, stride[0] * stride[1] * stride[2] * channels)
+        self.pixel_precision = nn.Linear(d, 1)
+        modules = [self.proj, self.predictor, self.norm, self.pixel_head, self.pixel_precision]
+        if cfg.latent_target:
+            self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+            self.latent_head = nn.Linear(d, width)
+            self.latent_precision = nn.Linear(d, 1)
+            modules += [self.latent_head, self.latent_precision]
+        init_weights(nn.ModuleList(modules))
+        for head in (self.pixel_precision, getattr(self, "latent_precision", None)):
+            if head is not None:
+                nn.init.zeros_(head.weight)  # start at precision 1 everywhere
+        nn.init.trunc_normal_(self.query, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    def split(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        cut = video.shape[2] - self.cfg.predict_steps * self.encoder.output_stride[0]
+        if cut < self.encoder.patch_size[0]:
+            raise ValueError(f"objective.predict_steps={self.cfg.predict_steps}: clip of {video.shape[2]} frames "
+                             f"leaves no context frames")
+        return video[:, :, :cut], video[:, :, cut:]
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """EMA update of the target encoder; runs once per training forward (it lags one step)."""
+        if not self.cfg.latent_target:
+            return
+        m = self.cfg.ema_momentum
+        for t, s in zip(self.target_encoder.parameters(), self.encoder.parameters()):
+            t.lerp_(s.detach(), 1 - m)
+
+    def _log_precision(self, head: nn.Linear, x: Tensor) -> Tensor:
+        return head(x).squeeze(-1).clamp(self.cfg.log_precision_min, self.cfg.log_precision_max)
+
+    def predict(self, video: Tensor) -> dict[str, Tensor]:
+        context, future = self.split(video)
+        ctx = self.encoder(context)
+        t, h, w = ctx.grid
+        k = self.cfg.predict_steps
+        d = self.cfg.decoder_dim
+        grid_all = (t + k, h, w)
+        pos = sincos_pos_embed(grid_all, d).to(ctx.tokens)
+        b = video.shape[0]
+        n_ctx = t * h * w
+        seq = torch.cat([self.proj(ctx.tokens) + pos[:, :n_ctx],
+                         self.query.expand(b, k * h * w, -1) + pos[:, n_ctx:]], dim=1)
+        times = torch.arange(t + k, device=video.device).repeat_interleave(h * w)
+        out = self.norm(self.predictor(seq, mask=causal_time_mask(times))[:, n_ctx:])
+        future_grid = (k, h, w)
+        pixels = unpatchify(self.pixel_head(out), self.encoder.output_stride, future_grid, self.channels)
+        pred = patchify(pixels, self.encoder.output_stride)
+        target = patchify(future, self.encoder.output_stride)
+        target = normalize_patches(target, self.channels)[0] if self.cfg.norm_pix_loss else target
+        err2 = ((pred.float() - target.float()) ** 2).mean(-1)
+        result = {"pred": pred, "err2": err2, "log_precision": self._log_precision(self.pixel_precision, out),
+                  "grid": torch.tensor(future_grid)}
+        if self.cfg.latent_target:
+            with torch.no_grad():
+                full = self.target_encoder(video)
+                latent = nn.functional.layer_norm(full.tokens[:, n_ctx:].float(), (full.tokens.shape[-1],))
+            result["latent_err2"] = ((self.latent_head(out).float() - latent) ** 2).mean(-1)
+            result["latent_log_precision"] = self._log_precision(self.latent_precision, out)
+        return result
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict]:
+        r = self.predict(batch["video"])
+        pixel_nll = gaussian_nll(r["err2"], r["log_precision"].float()).mean()
+        logs = {"pixel_mse": float(r["err2"].mean()), "precision": float(r["log_precision"].exp().mean())}
+        loss = pixel_nll
+        if self.cfg.latent_target:
+            latent_nll = gaussian_nll(r["latent_err2"], r["latent_log_precision"].float()).mean()
+            loss = loss + self.cfg.latent_weight * latent_nll
+            logs["latent_mse"] = float(r["latent_err2"].mean())
+        if self.training:
+            self.update_target()
+        return loss, logs
+
+    @staticmethod
+    def surprise(r: dict[str, Tensor]) -> Tensor:
+        """precision x |error| per future token (B, K*h*w)."""
+        return r["log_precision"].exp() * r["err2"].sqrt()
+
+    @torch.no_grad()
+    def visualize(self, batch: dict) -> np.ndarray:
+        """Rows: the future frames, the predicted future frames, the surprise map, for sample 0."""
+        video = batch["video"][:1].float()
+        was_training = self.training
+        self.eval()
+        r = self.predict(video)
+        self.train(was_training)
+        _, future = self.split(video)
+        stride, c = self.encoder.output_stride, self.channels
+        grid = tuple(int(g) for g in r["grid"])
+        pred = r["pred"]
+        if self.cfg.norm_pix_loss:
+            _, mean, std = normalize_patches(patchify(future, stride), c)
+            pred = (pred.reshape(*mean.shape[:2], -1, c) * std + mean).reshape(pred.shape)
+        pred_frames = unpatchify(pred, stride, grid, c)
+        heat = upsample_tokens(self.surprise(r)[0], grid, tuple(future.shape[2:]))
+        rows = [to_uint8_frames(future[0], self.mean, self.std), to_uint8_frames(pred_frames[0], self.mean, self.std),
+                heat_rgb(heat)]
+        return picture_rows(rows)

@@ -1,0 +1,122 @@
+"""VideoMAE: reconstruct the pixels of hidden tubelets from the visible ones.
+
+    vssl pretrain recipes/pretrain/quickstart.yaml        # objective.name: videomae
+
+The encoder sees the clip under a (tube) mask. A narrow decoder (objective.decoder_*) receives
+the encoder's tokens plus a learned mask token at every hidden position, with fixed sin-cos
+positions, and predicts each tubelet's pixels; the loss is the MSE over hidden tubelets of
+per-patch normalised pixels (norm_pix_loss).
+
+Backbones with mask_mode "visible_only" (ViT family) encode only the visible tokens; decoder
+masking (objective.decoder_mask_ratio > 0, VideoMAE v2) then reconstructs only part of the hidden
+tokens, those outside a running-cell pattern first, so the decoder's cost falls with the ratio.
+Backbones with "mask_token" (MViT, Swin) return a coarser final grid: each final token predicts
+every pixel of its output_stride region, and the loss is taken on the hidden tubelets inside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import ObjectiveConfig
+from pipeline.models.base import VideoBackbone, restore_order
+from pipeline.objectives.common import (init_weights, normalize_patches, patchify, picture_rows, sincos_pos_embed,
+                                        to_uint8_frames, transformer, unpatchify)
+from pipeline.data.masking import running_cell_mask
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VideoMAE(nn.Module):
+    def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.encoder, self.cfg, self.channels = encoder, cfg, channels
+        self.mean, self.std = tuple(mean), tuple(std)
+        d = cfg.decoder_dim
+        self.proj = nn.Linear(encoder.num_features, d)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.decoder = transformer(d, cfg.decoder_depth, cfg.decoder_heads)
+        self.norm = nn.LayerNorm(d)
+        stride = encoder.output_stride
+        self.head = nn.Linear(d, stride[0] * stride[1] * stride[2] * channels)
+        init_weights(nn.ModuleList([self.proj, self.decoder, self.norm, self.head]))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.encoder.set_grad_checkpointing(enable)
+
+    def targets(self, video: Tensor) -> Tensor:
+        target = patchify(video, self.encoder.patch_size)
+        return normalize_patches(target, self.channels)[0] if self.cfg.norm_pix_loss else target
+
+    def _decode_visible_only(self, tokens: Tensor, mask: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+        """Predictions (B, K, P) for the K reconstructed positions, and their grid indices (B, K)."""
+        b, n = mask.shape
+        x = self.proj(tokens)
+        n_vis = x.shape[1]
+        hidden_ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, n_vis:]  # (B, n_hidden)
+        if self.cfg.decoder_mask_ratio > 0:
+            keep = max(1, round((1 - self.cfg.decoder_mask_ratio) * hidden_ids.shape[1]))
+            cell = running_cell_mask(grid, self.cfg.decoder_mask_ratio, batch_size=b, device=mask.device)
+            # hidden positions the running cell leaves visible come first; ties in grid order
+            order = torch.argsort(cell.gather(1, hidden_ids).to(torch.int8), dim=1, stable=True)[:, :keep]
+            hidden_ids = hidden_ids.gather(1, torch.sort(order, dim=1).values)
+        pos = sincos_pos_embed(grid, x.shape[-1]).to(x).expand(b, -1, -1)
+        vis_ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n_vis]
+        gather = lambda ids: pos.gather(1, ids[..., None].expand(-1, -1, pos.shape[-1]))  # noqa: E731
+        queries = self.mask_token.expand(b, hidden_ids.shape[1], -1) + gather(hidden_ids)
+        seq = torch.cat([x + gather(vis_ids), queries], dim=1)
+        out = self.decoder(seq)[:, n_vis:]
+        return self.head(self.norm(out)), hidden_ids
+
+    def _decode_mask_token(self, tokens: Tensor, grid: tuple[int, int, int], video: Tensor) -> Tensor:
+        """Predictions (B, N, P) on the embedding grid, from the coarser final grid."""
+        x = self.proj(tokens) + sincos_pos_embed(grid, self.cfg.decoder_dim).to(tokens)
+        region = self.head(self.norm(self.decoder(x)))
+        full = unpatchify(region, self.encoder.output_stride, grid, self.channels)
+        return patchify(full, self.encoder.patch_size)
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict]:
+        video, mask = batch["video"], batch["mask"]
+        loss, logs, _ = self.reconstruct(video, mask)
+        return loss, logs
+
+    def reconstruct(self, video: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor]:
+        """Loss, logs and the full prediction on the grid (B, N, P) (zeros where not predicted)."""
+        grid = self.encoder.token_grid(*video.shape[2:])
+        out = self.encoder(video, mask)
+        target = self.targets(video)
+        if self.encoder.mask_mode == "visible_only":
+            pred, ids = self._decode_visible_only(out.tokens, mask, grid)
+            tgt = target.gather(1, ids[..., None].expand(-1, -1, target.shape[-1]))
+            loss = ((pred.float() - tgt.float()) ** 2).mean()
+            full = torch.zeros_like(target).scatter(1, ids[..., None].expand_as(pred), pred.to(target.dtype))
+        else:
+            full = self._decode_mask_token(out.tokens, out.grid, video)
+            per_token = ((full.float() - target.float()) ** 2).mean(-1)
+            loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return loss, {"mask_ratio": float(mask.float().mean())}, full
+
+    @torch.no_grad()
+    def visualize(self, batch: dict) -> np.ndarray:
+        """Rows: input, masked input, reconstruction (hidden patches filled in), for sample 0."""
+        video, mask = batch["video"][:1].float(), batch["mask"][:1]
+        was_training = self.training
+        self.eval()
+        _, _, pred = self.reconstruct(video, mask)
+        self.train(was_training)
+        patch, c = self.encoder.patch_size, self.channels
+        grid = self.encoder.token_grid(*video.shape[2:])
+        raw = patchify(video, patch)
+        if self.cfg.norm_pix_loss:
+            _, mean, std = normalize_patches(raw, c)
+            pred = (pred.reshape(*mean.shape[:2], -1, c) * std + mean).reshape(raw.shape)
+        m = mask[..., None].to(raw.dtype)
+        masked = unpatchify(raw * (1 - m), patch, grid, c)
+        recon = unpatchify(raw * (1 - m) + pred.to(raw.dtype) * m, patch, grid, c)
+        rows = [to_uint8_frames(v[0], self.mean, self.std) for v in (video, masked, recon)]
+        return picture_rows(rows)
