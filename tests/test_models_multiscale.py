@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.models import create_model
-from pipeline.models.backbones.mvit import relative_offsets
+from pipeline.models.backbones.mvit import decomposed_position_bias, relative_offsets
 from pipeline.models.backbones.swin3d import (SwinBlock3d, effective_window, padded_grid,
                                               window_attention_mask, window_partition,
                                               window_reverse)
@@ -216,6 +216,23 @@ def test_mvit_relative_offsets_measure_pooled_axes_at_the_finer_resolution():
     pooled = relative_offsets(4, 2, torch.device("cpu"))  # key j sits at fine position 2j
     assert pooled.tolist() == [[2 + i - 2 * j for j in range(2)] for i in range(4)]
     assert pooled.max() < 2 * 4 - 1 and pooled.min() >= 0
+
+
+def test_mvit_position_bias_is_q_dot_the_three_axis_tables():
+    """Every (query, key) logit gets q . (R_t[dt] + R_h[dh] + R_w[dw]), offsets shifted to >= 0."""
+    grid, head_dim = (2, 3, 4), 5
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, math.prod(grid), head_dim, generator=gen)
+    tables = tuple(torch.randn(2 * g - 1, head_dim, generator=gen) for g in grid)
+    bias = decomposed_position_bias(q, grid, grid, tables)
+    coords = torch.stack(torch.meshgrid(*(torch.arange(g) for g in grid), indexing="ij"), -1)
+    coords = coords.view(-1, 3).tolist()
+    expected = torch.empty_like(bias)
+    for i, ci in enumerate(coords):
+        for j, cj in enumerate(coords):
+            r = sum(t[a - b + g - 1] for t, a, b, g in zip(tables, ci, cj, grid))
+            expected[0, :, i, j] = q[0, :, i] @ r
+    torch.testing.assert_close(bias, expected)
 
 
 # --------------------------------------------------------------------------------------------

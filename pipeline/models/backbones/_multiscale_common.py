@@ -1,12 +1,12 @@
 """What the hierarchical backbones (mvit.py, swin3d.py) share: the patch stem, the mask token,
 the stage loop with `return_layers` and gradient checkpointing, FLOP summing, weight init.
 
-    class MViT(MultiscaleBackbone):          # a subclass builds self.stages and self.norm
+    class MViT(MultiscaleBackbone):          # builds its blocks, then self.set_stages(...)
         ...
     out = model(video, mask=mask, return_layers=(0, 3))
     model.flops(16, 224, 224)
 
-A subclass fills `self.stages` with lists of blocks. A block is a module called as
+A subclass hands `set_stages` one list of blocks per stage. A block is a module called as
 `block(tokens, grid) -> (tokens, grid)` with tokens (B, t*h*w, C) on grid (t, h, w), and has
 `flops(grid) -> (int, grid)`: its FLOPs for one clip and the grid it outputs. The first block of a
 stage may change the grid and width (pooled attention, patch merging), so "stage i's output" is the
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Callable
 
 import torch
 from timm.layers import trunc_normal_
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from pipeline.models.base import BackboneOutput, VideoBackbone
+from pipeline.models.registry import register_model
 
 Grid = tuple[int, int, int]
 
@@ -37,22 +39,32 @@ def drop_path_rates(num_blocks: int, max_rate: float) -> list[float]:
     return [max_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
 
 
-def build_model(cls: type[MultiscaleBackbone], name: str, size: dict,
-                overrides: dict) -> MultiscaleBackbone:
-    """`cls(**size | overrides)` with `config` = every constructor argument + name, so that
-    `create_model(**config)` rebuilds it even if the class defaults change later."""
+def register_sizes(cls: type[MultiscaleBackbone], sizes: dict[str, dict]) -> None:
+    """Register one factory per named size: `create_model(name, **overrides)` builds
+    `cls(**size | overrides)` and sets `config` = every constructor argument + name, so that
+    `create_model(**model.config)` rebuilds it even if the class defaults change later."""
     defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()}
-    unknown = set(overrides) - set(defaults)
-    if unknown:
-        raise TypeError(f"{name}: unknown argument(s) {sorted(unknown)} (valid: {sorted(defaults)})")
-    kwargs = {**defaults, **size, **overrides}
-    model = cls(**kwargs)
-    model.config = {"name": name, **kwargs}
-    return model
+    for name, size in sizes.items():
+        register_model(_size_factory(cls, name, {**defaults, **size}))
+
+
+def _size_factory(cls: type[MultiscaleBackbone], name: str, kwargs: dict) -> Callable:
+    def factory(**overrides) -> MultiscaleBackbone:
+        unknown = set(overrides) - set(kwargs)
+        if unknown:
+            raise TypeError(f"{name}: unknown argument(s) {sorted(unknown)} (valid: {sorted(kwargs)})")
+        model = cls(**{**kwargs, **overrides})
+        model.config = {"name": name, **kwargs, **overrides}
+        return model
+
+    factory.__name__ = factory.__qualname__ = name
+    return factory
 
 
 class MultiscaleBackbone(VideoBackbone):
     """Stem conv -> optional LayerNorm -> mask token -> stages of blocks -> LayerNorm.
+
+    A subclass calls this __init__, builds its blocks and hands them to `set_stages`.
 
     `embed_dim` is the width of the output tokens (what heads consume); `stem_dim` the width right
     after the patch embedding; `stage_dims[i]` the width of stage i's output.
@@ -74,11 +86,19 @@ class MultiscaleBackbone(VideoBackbone):
                                      tuple(patch_padding))
         self.stem_norm = nn.LayerNorm(stem_dim) if stem_norm else nn.Identity()
         self.mask_token = nn.Parameter(torch.zeros(1, 1, stem_dim))
-        self.stages = nn.ModuleList()
-        self.stage_dims: tuple[int, ...] = ()
+
+    def set_stages(self, stages: list[list[nn.Module]], stage_dims: list[int]) -> None:
+        """Install the blocks and the final LayerNorm, then initialise every weight."""
+        self.stages = nn.ModuleList(nn.ModuleList(blocks) for blocks in stages)
+        self.stage_dims = tuple(stage_dims)
+        self.embed_dim = self.stage_dims[-1]
+        self.norm = nn.LayerNorm(self.embed_dim)
+        self.init_weights()
 
     def init_weights(self) -> None:
-        """Truncated-normal(0.02) linears, tokens and tables; unit LayerNorms. Call after building."""
+        """Truncated-normal(0.02) linears and mask token, unit LayerNorms; call after building.
+        Position tables initialise themselves where they are created."""
+        trunc_normal_(self.mask_token, std=0.02)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_(module.weight, std=0.02)
@@ -87,9 +107,6 @@ class MultiscaleBackbone(VideoBackbone):
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for name, param in self.named_parameters():
-            if name == "mask_token" or "position" in name or "rel_pos" in name:
-                trunc_normal_(param, std=0.02)
 
     def forward(self, video: Tensor, mask: Tensor | None = None,
                 return_layers: tuple[int, ...] = ()) -> BackboneOutput:

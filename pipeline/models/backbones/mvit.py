@@ -35,12 +35,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
-from pipeline.models.backbones._multiscale_common import (Grid, MultiscaleBackbone, build_model,
-                                                          drop_path_rates)
-from pipeline.models.registry import register_model
+from pipeline.models.backbones._multiscale_common import (Grid, MultiscaleBackbone,
+                                                          drop_path_rates, register_sizes)
 
 
 def pooled_grid(grid: Grid, kernel: Grid, stride: Grid) -> Grid:
@@ -116,9 +115,9 @@ class PoolingAttention(nn.Module):
         self.pool_v = HeadPool(head_dim, pool_kernel, kv_stride)
         q_grid, kv_grid = self.pooled_grids(table_grid)
         lengths = [2 * max(q, k) - 1 for q, k in zip(q_grid, kv_grid)]
-        self.rel_pos_t = nn.Parameter(torch.zeros(lengths[0], head_dim))
-        self.rel_pos_h = nn.Parameter(torch.zeros(lengths[1], head_dim))
-        self.rel_pos_w = nn.Parameter(torch.zeros(lengths[2], head_dim))
+        self.rel_pos_t = nn.Parameter(trunc_normal_(torch.empty(lengths[0], head_dim), std=0.02))
+        self.rel_pos_h = nn.Parameter(trunc_normal_(torch.empty(lengths[1], head_dim), std=0.02))
+        self.rel_pos_w = nn.Parameter(trunc_normal_(torch.empty(lengths[2], head_dim), std=0.02))
 
     def pooled_grids(self, grid: Grid) -> tuple[Grid, Grid]:
         """(query grid, key/value grid) for an input grid."""
@@ -134,7 +133,8 @@ class PoolingAttention(nn.Module):
         v, _ = self.pool_v(v, grid)
         bias = decomposed_position_bias(q, q_grid, kv_grid,
                                         (self.rel_pos_t, self.rel_pos_h, self.rel_pos_w))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)) + q
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        out = out + q  # residual pooling
         return self.proj(out.transpose(1, 2).reshape(batch, q.shape[2], -1)), q_grid
 
 
@@ -193,6 +193,8 @@ class MViT(MultiscaleBackbone):
         for key, value in (("patch_kernel", patch_kernel), ("pool_kernel", pool_kernel)):
             if any(k % 2 == 0 for k in value):
                 raise ValueError(f"{key}: kernel sizes must be odd (padding is kernel // 2), got {value}")
+        if not depths or min(depths) < 1:
+            raise ValueError(f"depths: every stage needs at least one block, got {depths}")
         if stem_dim % num_heads:
             raise ValueError(f"stem_dim: {stem_dim} is not divisible by num_heads={num_heads}")
         super().__init__(in_chans=in_chans, stem_dim=stem_dim, patch_kernel=patch_kernel,
@@ -200,50 +202,29 @@ class MViT(MultiscaleBackbone):
                          stem_norm=False, num_frames=num_frames, img_size=img_size)
         grid = self.token_grid(num_frames, img_size, img_size)
         rates = iter(drop_path_rates(sum(depths), drop_path_rate))
-        dim, heads, stage_kv_stride, stage_dims = stem_dim, num_heads, tuple(kv_stride), []
+        kv = tuple(kv_stride)
+        stages, stage_dims = [], [stem_dim * 2 ** i for i in range(len(depths))]
         for stage_index, depth in enumerate(depths):
+            dim, heads = stage_dims[stage_index], num_heads * 2 ** stage_index
+            if stage_index > 0:
+                kv = tuple(max(k // s, 1) for k, s in zip(kv, q_stride))
             blocks = []
             for block_index in range(depth):
                 transition = stage_index > 0 and block_index == 0
-                stride = tuple(q_stride) if transition else (1, 1, 1)
-                if transition:
-                    heads *= 2
-                    stage_kv_stride = tuple(max(k // s, 1) for k, s in zip(stage_kv_stride, q_stride))
-                dim_out = dim * 2 if transition else dim
-                block = MultiScaleBlock(dim, dim_out, heads, stride, stage_kv_stride,
+                block = MultiScaleBlock(dim // 2 if transition else dim, dim, heads,
+                                        tuple(q_stride) if transition else (1, 1, 1), kv,
                                         tuple(pool_kernel), grid, mlp_ratio, next(rates))
                 grid = block.attn.pooled_grids(grid)[0]
                 blocks.append(block)
-                dim = dim_out
-            self.stages.append(nn.ModuleList(blocks))
-            stage_dims.append(dim)
-        self.stage_dims = tuple(stage_dims)
-        self.embed_dim = dim
-        self.norm = nn.LayerNorm(dim)
-        self.init_weights()
+            stages.append(blocks)
+        self.set_stages(stages, stage_dims)
 
 
+# registered name -> the constructor arguments that differ from the defaults
 _MVIT_SIZES = {
     "mvit_tiny": dict(depths=(1, 1, 2, 1), stem_dim=32, drop_path_rate=0.1),
     "mvit_small": dict(depths=(1, 2, 11, 2), stem_dim=96, drop_path_rate=0.2),
     "mvit_base": dict(depths=(2, 3, 16, 3), stem_dim=96, num_frames=32, drop_path_rate=0.3),
 }
 
-
-def _mvit(name: str, overrides: dict) -> MViT:
-    return build_model(MViT, name, _MVIT_SIZES[name], overrides)
-
-
-@register_model
-def mvit_tiny(**overrides) -> MViT:
-    return _mvit("mvit_tiny", overrides)
-
-
-@register_model
-def mvit_small(**overrides) -> MViT:
-    return _mvit("mvit_small", overrides)
-
-
-@register_model
-def mvit_base(**overrides) -> MViT:
-    return _mvit("mvit_base", overrides)
+register_sizes(MViT, _MVIT_SIZES)

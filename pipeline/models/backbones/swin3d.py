@@ -33,12 +33,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
-from pipeline.models.backbones._multiscale_common import (Grid, MultiscaleBackbone, build_model,
-                                                          drop_path_rates)
-from pipeline.models.registry import register_model
+from pipeline.models.backbones._multiscale_common import (Grid, MultiscaleBackbone,
+                                                          drop_path_rates, register_sizes)
 
 # Logit added where attention is forbidden: exp() underflows to exactly 0 in fp32/bf16/fp16 while
 # a fully masked row (a padded query) stays finite and never produces NaN.
@@ -120,7 +119,8 @@ class WindowAttention3d(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         table_rows = math.prod(2 * w - 1 for w in table_window)
-        self.relative_position_bias_table = nn.Parameter(torch.zeros(table_rows, num_heads))
+        self.relative_position_bias_table = nn.Parameter(
+            trunc_normal_(torch.empty(table_rows, num_heads), std=0.02))
 
     def forward(self, windows: Tensor, window: Grid, mask: Tensor | None) -> Tensor:
         """windows (B, nW, Wn, C), mask (nW, Wn, Wn) or None -> (B, nW, Wn, C)."""
@@ -178,7 +178,7 @@ class SwinBlock3d(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x))), grid
 
     def flops(self, grid: Grid) -> tuple[int, Grid]:
-        window, shift = effective_window(grid, self.window, self.shift)
+        window = effective_window(grid, self.window, self.shift)[0]
         n_padded, c = math.prod(padded_grid(grid, window)), self.dim
         macs = (n_padded * c * 4 * c                        # qkv + proj (computed on padding too)
                 + 2 * n_padded * math.prod(window) * c      # q k^T and attn v per window
@@ -226,20 +226,17 @@ class SwinTransformer3d(MultiscaleBackbone):
                          patch_stride=patch_size, patch_padding=(0, 0, 0), stem_norm=True,
                          num_frames=num_frames, img_size=img_size)
         rates = iter(drop_path_rates(sum(depths), drop_path_rate))
-        dim, stage_dims = stem_dim, []
+        stages = []
         for index, (depth, heads) in enumerate(zip(depths, num_heads)):
-            blocks = [PatchMerging3d(dim)] if index > 0 else []
-            dim = dim * 2 if index > 0 else dim
-            blocks += [SwinBlock3d(dim, heads, tuple(window_size), i % 2 == 1, mlp_ratio, next(rates))
-                       for i in range(depth)]
-            self.stages.append(nn.ModuleList(blocks))
-            stage_dims.append(dim)
-        self.stage_dims = tuple(stage_dims)
-        self.embed_dim = dim
-        self.norm = nn.LayerNorm(dim)
-        self.init_weights()
+            dim = stem_dim * 2 ** index
+            blocks = [PatchMerging3d(dim // 2)] if index > 0 else []
+            blocks += [SwinBlock3d(dim, heads, tuple(window_size), shifted=i % 2 == 1,
+                                   mlp_ratio=mlp_ratio, drop_path=next(rates)) for i in range(depth)]
+            stages.append(blocks)
+        self.set_stages(stages, [stem_dim * 2 ** i for i in range(len(depths))])
 
 
+# registered name -> the constructor arguments that differ from the defaults
 _SWIN_SIZES = {
     "swin3d_tiny": dict(depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), stem_dim=96,
                         drop_path_rate=0.1),
@@ -249,21 +246,4 @@ _SWIN_SIZES = {
                         drop_path_rate=0.3),
 }
 
-
-def _swin(name: str, overrides: dict) -> SwinTransformer3d:
-    return build_model(SwinTransformer3d, name, _SWIN_SIZES[name], overrides)
-
-
-@register_model
-def swin3d_tiny(**overrides) -> SwinTransformer3d:
-    return _swin("swin3d_tiny", overrides)
-
-
-@register_model
-def swin3d_small(**overrides) -> SwinTransformer3d:
-    return _swin("swin3d_small", overrides)
-
-
-@register_model
-def swin3d_base(**overrides) -> SwinTransformer3d:
-    return _swin("swin3d_base", overrides)
+register_sizes(SwinTransformer3d, _SWIN_SIZES)
