@@ -115,12 +115,12 @@ class NextFramePredictive(nn.Module):
     def forward(self, batch: dict) -> tuple[Tensor, dict]:
         r = self.predict(batch["video"])
         pixel_nll = gaussian_nll(r["err2"], r["log_precision"].float()).mean()
-        logs = {"pixel_mse": float(r["err2"].mean()), "precision": float(r["log_precision"].exp().mean())}
+        logs = {"pixel_mse": float(r["err2"].detach().mean()), "precision": float(r["log_precision"].detach().exp().mean())}
         loss = pixel_nll
         if self.cfg.latent_target:
             latent_nll = gaussian_nll(r["latent_err2"], r["latent_log_precision"].float()).mean()
             loss = loss + self.cfg.latent_weight * latent_nll
-            logs["latent_mse"] = float(r["latent_err2"].mean())
+            logs["latent_mse"] = float(r["latent_err2"].detach().mean())
         if self.training:
             self.update_target()
         return loss, logs

@@ -132,6 +132,15 @@ class MultiscaleBackbone(VideoBackbone):
         return BackboneOutput(tokens=x, grid=grid, pooled=x.mean(dim=1), mask=mask,
                               layers=[stage_outputs[i] for i in wanted])
 
+    @property
+    def output_stride(self) -> Grid:
+        """Pixels (frames, rows, cols) per final token: the stem stride times every downsampling."""
+        grid = final = self.token_grid(self.num_frames, self.img_size, self.img_size)
+        for stage in self.stages:
+            for block in stage:
+                _, final = block.flops(final)
+        return tuple(p * g // f for p, g, f in zip(self.patch_size, grid, final))
+
     def flops(self, num_frames: int, height: int, width: int) -> int:
         """FLOPs (2 x multiply-adds, FlopCounterMode's convention) of one forward on one clip."""
         grid = self.token_grid(num_frames, height, width)
