@@ -61,7 +61,9 @@ class VideoMAE(nn.Module):
         hidden_ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, n_vis:]  # (B, n_hidden)
         if self.cfg.decoder_mask_ratio > 0:
             keep = max(1, round((1 - self.cfg.decoder_mask_ratio) * hidden_ids.shape[1]))
-            cell = running_cell_mask(grid, self.cfg.decoder_mask_ratio, batch_size=b, device=mask.device)
+            # the phase comes from the global torch RNG, which checkpoints save and restore
+            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
+            cell = running_cell_mask(b, grid, self.cfg.decoder_mask_ratio, gen).to(mask.device)
             # hidden positions the running cell leaves visible come first; ties in grid order
             order = torch.argsort(cell.gather(1, hidden_ids).to(torch.int8), dim=1, stable=True)[:, :keep]
             hidden_ids = hidden_ids.gather(1, torch.sort(order, dim=1).values)
