@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "synth": ("data_prep.synth_cli", "write a labelled synthetic video dataset (mp4 + CSV + DAVIS)"),
     "shard": ("data_prep.shard_cli", "raw videos -> WebDataset tar shards + manifest.json"),
     "inspect": ("data_prep.inspect_cli", "verify shards against their manifest; show samples"),
+    "pretrain": ("pipeline.train.pretrain_cli", "pretrain an encoder from a YAML recipe (VideoMAE or predictive)"),
     "quickstart": ("pipeline.quickstart", "run the whole pipeline end to end on synthetic data"),
 }
 

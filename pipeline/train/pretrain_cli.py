@@ -1,0 +1,62 @@
+"""`vssl pretrain RECIPE [--set a.b=c ...]`: build backbone, objective and loader, then train.
+
+    vssl pretrain recipes/pretrain/quickstart.yaml --set data.shards=runs/qs/shards --set train.max_steps=50
+
+Auto-resumes from the newest complete checkpoint in train.output_dir (train.resume=never to
+start over). Under `accelerate launch` every process runs this same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.config import ConfigError, PretrainConfig, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="YAML recipe (recipes/pretrain/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set train.max_steps=10 (repeatable)")
+
+
+def build_encoder(cfg: PretrainConfig):
+    from pipeline.models import create_model
+
+    kwargs = {"num_frames": cfg.data.num_frames, "img_size": cfg.data.crop_size, **cfg.model.overrides}
+    try:
+        return create_model(cfg.model.name, **kwargs)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: cannot build {cfg.model.name!r} with {kwargs}: {e}") from None
+
+
+def build_objective(cfg: PretrainConfig):
+    from pipeline.objectives.predictive import NextFramePredictive
+    from pipeline.objectives.videomae import VideoMAE
+
+    encoder = build_encoder(cfg)
+    if cfg.objective.name == "videomae":
+        if cfg.data.mask_type == "none":
+            raise ConfigError("data.mask_type: videomae needs a mask (tube, random, running_cell or multiblock)")
+        return VideoMAE(encoder, cfg.objective, mean=cfg.data.mean, std=cfg.data.std)
+    return NextFramePredictive(encoder, cfg.objective, mean=cfg.data.mean, std=cfg.data.std)
+
+
+def build_train_loader(cfg: PretrainConfig, rank: int, world_size: int, objective):
+    from pipeline.data.loader import build_loader
+
+    return build_loader(cfg.data, rank=rank, world_size=world_size,
+                        patch_size=objective.encoder.patch_size, split="train")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.train.trainer import train
+
+    cfg = load_config(PretrainConfig, args.recipe, args.overrides)
+    if not cfg.data.shards:
+        raise ConfigError("data.shards: no shards given (set it in the recipe or with --set data.shards=PATH)")
+    result = train(cfg, build_objective, build_train_loader)
+    print(f"pretrain: {result.step} steps, last loss {result.last_loss:.4f}, "
+          f"checkpoints in {result.output_dir / 'checkpoints'}")
+    return 0
