@@ -35,7 +35,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from data_prep.synth_export import DAVIS_SETS_DIR, X264_PRESET, VideoEntry, write_video
+from data_prep.synth_export import DAVIS_SETS_DIR, X264_PRESET, X264_THREADS, VideoEntry, write_video
 from data_prep.synth_render import CLASSES, RANGES, render_video, sample_params
 from pipeline.config import ConfigError
 
@@ -148,7 +148,7 @@ def write_index_files(root: Path, config: SynthConfig, entries: list[VideoEntry]
             _write_text(root / DAVIS_SETS_DIR / f"{split}.txt", names)
     counts = {s: sum(e.split == s for e in entries) for s in SPLITS}
     meta = {"generator": "vssl synth", "version": SYNTH_VERSION, **dataclasses.asdict(config),
-            "x264_preset": X264_PRESET, "classes": list(CLASSES), "videos": len(entries),
+            "x264_preset": X264_PRESET, "x264_threads": X264_THREADS, "classes": list(CLASSES), "videos": len(entries),
             "videos_by_split": counts, "val_per_class": config.val_count,
             "ranges": dataclasses.asdict(RANGES)}
     _write_text(root / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -34,6 +34,7 @@ from data_prep.synth_render import CLASSES
 # x264's macroblock-tree rate control made output depend on what the process encoded before
 # (measured with PyAV 18: ~15% of 64 px clips differed between runs); "superfast" turns it off.
 X264_PRESET = "superfast"
+X264_THREADS = 1   # x264's bytes depend on its thread count: fixed, they match on every machine
 JPEG_QUALITY = 90
 DAVIS_FRAME_DIR = "davis/JPEGImages/480p"
 DAVIS_MASK_DIR = "davis/Annotations/480p"
@@ -120,7 +121,7 @@ def write_video(root: Path, entry: VideoEntry, frames: np.ndarray, boxes: np.nda
     """Write the mp4, its sidecars and (if `davis`) the DAVIS frames; return the mp4's size."""
     video = root / entry.video_path
     video.parent.mkdir(parents=True, exist_ok=True)
-    data = encode_mp4(frames, fps=fps, gop=gop, crf=crf, preset=X264_PRESET)
+    data = encode_mp4(frames, fps=fps, gop=gop, crf=crf, preset=X264_PRESET, threads=X264_THREADS)
     video.write_bytes(data)
     box_list = [[round(float(c), 2) for c in box] for box in boxes]
     video.with_name(f"{entry.stem}.boxes.json").write_text(json.dumps({"format": "xyxy", "boxes": box_list}))

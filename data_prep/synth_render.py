@@ -20,6 +20,7 @@ the frame; masks are the shape sampled at pixel centres, so the two agree within
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -56,6 +57,7 @@ class DrawingRanges:
 
 
 RANGES = DrawingRanges()
+BACKGROUND_CHUNK_PIXELS = 1 << 18   # bounds render memory at large sizes
 
 # Polygon corners in object units (half-length 1 along u, half-width `aspect` along v), centroid
 # at the origin so that rotating or scaling about the centre leaves the mask centroid in place.
@@ -198,9 +200,14 @@ def sprite_pose(sprite: Sprite, progress: float) -> tuple[float, float, float, f
     return x, y, sprite.angle + sprite.turn * progress, sprite.half_length * math.exp(sprite.log_scale * progress)
 
 
+@functools.lru_cache(maxsize=256)
+def _noise_lattice(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((RANGES.noise_grid, RANGES.noise_grid), dtype=np.float32)
+
+
 def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     """Smooth noise in [0, 1] on a wrapping lattice (one cell per unit of x, y)."""
-    lattice = np.random.default_rng(seed).random((RANGES.noise_grid, RANGES.noise_grid), dtype=np.float32)
+    lattice = _noise_lattice(seed)
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = x - x0, y - y0
     fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
@@ -247,9 +254,8 @@ def draw_sprite(image: np.ndarray, sprite: Sprite, progress: float) -> np.ndarra
     mask = np.zeros((height, width), bool)
     if x0 >= x1 or y0 >= y1:
         return mask
-    dy, dx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5   # pixel centres
-    dx -= cx
-    dy -= cy
+    dx = (np.arange(x0, x1, dtype=np.float32) + np.float32(0.5 - cx))[None, :]   # pixel centres
+    dy = (np.arange(y0, y1, dtype=np.float32) + np.float32(0.5 - cy))[:, None]
     cos, sin = math.cos(angle), math.sin(angle)
     u = (dx * cos + dy * sin) / half_length
     v = (dy * cos - dx * sin) / half_length
@@ -283,15 +289,19 @@ def render_video(params: VideoParams) -> tuple[np.ndarray, np.ndarray, np.ndarra
     frames = np.empty((count, size, size, 3), np.uint8)
     masks = np.empty((count, size, size), np.uint8)
     boxes = np.empty((count, 4), np.float32)
-    ys, xs = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size
+    pixels = (np.arange(size, dtype=np.float32) + 0.5) / size
     target = labelled_target(params)
     bx, by = params.background_shift
-    for t in range(count):
-        progress = t / (count - 1)
-        image = texture_rgb(params.background, xs - bx * progress / size, ys - by * progress / size)
-        for distractor in params.distractors:
-            draw_sprite(image, distractor, progress)
-        masks[t] = draw_sprite(image, target, progress)
-        boxes[t] = sprite_box(target, progress, size, size)
-        frames[t] = np.clip(np.rint(image), 0, 255)
+    per_chunk = max(1, BACKGROUND_CHUNK_PIXELS // (size * size))
+    for start in range(0, count, per_chunk):
+        # the background of several frames at once: fewer, larger numpy calls
+        progress = (np.arange(start, min(count, start + per_chunk), dtype=np.float32) / (count - 1))[:, None, None]
+        images = texture_rgb(params.background, pixels[None, None, :] - progress * (bx / size),
+                             pixels[None, :, None] - progress * (by / size))
+        for t, image in enumerate(images, start):
+            for distractor in params.distractors:
+                draw_sprite(image, distractor, t / (count - 1))
+            masks[t] = draw_sprite(image, target, t / (count - 1))
+            boxes[t] = sprite_box(target, t / (count - 1), size, size)
+        frames[start:start + len(images)] = np.clip(np.rint(images), 0, 255)
     return frames, boxes, masks
