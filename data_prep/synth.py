@@ -80,7 +80,7 @@ class SynthConfig:
 
     @property
     def val_count(self) -> int:
-        """Val videos per class: the fraction rounded, at least one when asked for and possible."""
+        """Val videos per class: the fraction rounded; at least one if asked for, but never all."""
         if self.val_fraction == 0 or self.per_class == 1:
             return 0
         return min(self.per_class - 1, max(1, round(self.per_class * self.val_fraction)))
@@ -97,22 +97,30 @@ class SynthConfig:
 @dataclass
 class SynthSummary:
     out_dir: Path
-    classes: list[str]
-    counts: dict[str, dict[str, int]]     # split -> class -> videos
-    num_videos: int
+    entries: list[VideoEntry] = field(repr=False)
     bytes: int
     seconds: float
     workers: int
-    entries: list[VideoEntry] = field(repr=False, default_factory=list)
+    classes: tuple[str, ...] = CLASSES
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.entries)
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """split -> class -> videos."""
+        return {s: {c: sum(e.split == s and e.class_name == c for e in self.entries) for c in self.classes}
+                for s in SPLITS}
 
     @property
     def videos_per_s(self) -> float:
         return self.num_videos / max(self.seconds, 1e-9)
 
     def format(self) -> str:
-        width = max(len(c) for c in self.classes)
+        width, counts = max(len(c) for c in self.classes), self.counts
         lines = [f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLITS)]
-        lines += [f"{c:<{width}}  " + "  ".join(f"{self.counts[s][c]:>6}" for s in SPLITS)
+        lines += [f"{c:<{width}}  " + "  ".join(f"{counts[s][c]:>6}" for s in SPLITS)
                   for c in self.classes]
         lines.append(f"wrote {self.num_videos} videos ({self.bytes / 1e6:.1f} MB of mp4) to "
                      f"{self.out_dir} in {self.seconds:.1f} s: {self.videos_per_s:.1f} videos/s "
@@ -223,8 +231,5 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None, *, workers:
     except BaseException:
         shutil.rmtree(partial_dir, ignore_errors=True)
         raise
-    counts = {s: {c: sum(e.split == s and e.class_name == c for e in entries) for c in CLASSES}
-              for s in SPLITS}
-    return SynthSummary(out_dir=out_dir, classes=list(CLASSES), counts=counts,
-                        num_videos=len(entries), bytes=sum(size for _, size in results),
-                        seconds=time.perf_counter() - start, workers=workers, entries=entries)
+    return SynthSummary(out_dir=out_dir, entries=entries, bytes=sum(size for _, size in results),
+                        seconds=time.perf_counter() - start, workers=workers)

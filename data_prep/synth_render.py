@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,7 +30,6 @@ CLASSES: tuple[str, ...] = ("move_left", "move_right", "move_up", "move_down",
                             "rotate_cw", "rotate_ccw", "grow", "shrink")
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "diamond")
 PATTERNS: tuple[str, ...] = ("stripes", "checker", "noise")
-
 
 
 @dataclass(frozen=True)
@@ -113,9 +112,6 @@ class VideoParams:
     class_turn: float
     class_log_growth: float
     distractors: tuple[Sprite, ...]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _texture(rng: np.random.Generator, frequency: tuple[float, float], muted: bool) -> Texture:

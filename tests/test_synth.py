@@ -59,7 +59,8 @@ def _load_annotations(dataset: Path, row: dict[str, str]) -> tuple[np.ndarray, n
 
 def test_same_seed_gives_identical_bytes_with_one_or_two_workers(dataset: Path, tmp_path: Path) -> None:
     summary = generate(tmp_path / "two_workers", workers=2, **SETTINGS)
-    assert summary.workers == 2
+    assert summary.workers == 2 and summary.num_videos == 24
+    assert summary.counts == {"train": {c: 2 for c in CLASSES}, "val": {c: 1 for c in CLASSES}}
     first, second = _files(dataset), _files(tmp_path / "two_workers")
     assert sorted(first) == sorted(second)
     assert [name for name in first if first[name] != second[name]] == []
