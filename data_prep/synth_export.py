@@ -18,6 +18,7 @@ however many processes wrote it.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -41,7 +42,8 @@ DAVIS_MASK_DIR = "davis/Annotations/480p"
 DAVIS_SETS_DIR = "davis/ImageSets/2017"
 
 
-def davis_palette() -> list[int]:
+@functools.cache
+def davis_palette() -> tuple[int, ...]:
     """The 256-colour PASCAL VOC / DAVIS palette, flat [r0, g0, b0, r1, ...]: 0 black, 1 (128, 0, 0)."""
     palette = []
     for index in range(256):
@@ -51,7 +53,7 @@ def davis_palette() -> list[int]:
                 rgb[channel] |= ((code >> channel) & 1) << (7 - bit)
             code >>= 3
         palette.extend(rgb)
-    return palette
+    return tuple(palette)
 
 
 @dataclass(frozen=True)
