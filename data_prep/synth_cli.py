@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         summary = generate(args.out, config, workers=args.workers, overwrite=args.overwrite,
                            progress=_Progress())
     except OSError as e:
-        print(f"vssl synth: error: {e}", file=sys.stderr)
+        print(f"vssl synth: error: could not write {args.out}: {e}", file=sys.stderr)
         return 1
     print(summary.format())
     return 0

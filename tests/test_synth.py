@@ -177,8 +177,10 @@ def test_label_is_determined_by_the_motion_in_the_written_masks(dataset: Path, r
 def test_label_is_determined_by_motion_across_sizes(size: int, frames: int) -> None:
     for index in range(2 * len(CLASSES)):
         params = sample_params(11, index, frames, size)
-        _, _, masks = render_video(params)
+        _, boxes, masks = render_video(params)
         assert _class_from_motion(masks) == CLASSES[params.label], (size, frames, index)
+        assert (boxes[:, :2] > 0).all() and (boxes[:, 2:] < size).all()   # never leaves the frame
+        assert not (masks[:, [0, -1], :].any() or masks[:, :, [0, -1]].any())
 
 
 def test_first_frame_statistics_do_not_depend_on_the_class() -> None:
