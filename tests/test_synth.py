@@ -246,6 +246,13 @@ def test_bad_arguments_give_one_line_errors(tmp_path: Path, capsys: pytest.Captu
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_unwritable_output_gives_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    out = "/proc/vssl-synth-test"    # cannot be created, not even by root
+    assert cli_main(["synth", "--out", out, "--per-class", "1", "--frames", "4", "--workers", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"could not write {out}" in err
+
+
 def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
     small = dict(per_class=1, num_frames=4, size=32, davis=False)
     out = tmp_path / "data"
