@@ -56,7 +56,6 @@ class DrawingRanges:
 
 
 RANGES = DrawingRanges()
-BACKGROUND_CHUNK_PIXELS = 1 << 18   # bounds render memory at large sizes
 
 # Polygon corners in object units (half-length 1 along u, half-width `aspect` along v), centroid
 # at the origin so that rotating or scaling about the centre leaves the mask centroid in place.
@@ -214,20 +213,51 @@ def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def texture_rgb(texture: Texture, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """float32 RGB (..., 3) of `texture` at coordinates (u, v)."""
+@functools.lru_cache(maxsize=256)
+def _colour_ramp(color_a: tuple[float, ...], color_b: tuple[float, ...]) -> np.ndarray:
+    """(256, 3) uint8: colour_a blended towards colour_b in 256 steps."""
+    steps = np.linspace(0, 1, 256, dtype=np.float32)[:, None]
+    a, b = np.asarray(color_a, np.float32), np.asarray(color_b, np.float32)
+    return np.rint(a + (b - a) * steps).astype(np.uint8)
+
+
+def texture_mix(texture: Texture, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The pattern in [0, 1] at coordinates (u, v): 0 = color_a, 1 = color_b."""
     f = texture.frequency
     if texture.pattern == "stripes":
         along = u * math.cos(texture.angle) + v * math.sin(texture.angle)
-        mix = np.clip(0.5 + 1.5 * np.sin(2 * math.pi * (f * along + texture.phase)), 0, 1)
-    elif texture.pattern == "checker":
-        mix = (np.floor(f * u + texture.phase) + np.floor(f * v + texture.phase)) % 2
-    else:
-        mix = 0.65 * _value_noise(2 * f * u, 2 * f * v, texture.noise_seed) + \
-              0.35 * _value_noise(4 * f * u, 4 * f * v, texture.noise_seed + 1)
-    a = np.asarray(texture.color_a, np.float32)
-    b = np.asarray(texture.color_b, np.float32)
-    return a + (b - a) * mix[..., None].astype(np.float32)
+        return np.clip(0.5 + 1.5 * np.sin(2 * math.pi * (f * along + texture.phase)), 0, 1)
+    if texture.pattern == "checker":
+        return (np.floor(f * u + texture.phase) + np.floor(f * v + texture.phase)) % 2
+    return 0.65 * _value_noise(2 * f * u, 2 * f * v, texture.noise_seed) + \
+        0.35 * _value_noise(4 * f * u, 4 * f * v, texture.noise_seed + 1)
+
+
+def texture_rgb(texture: Texture, mix: np.ndarray) -> np.ndarray:
+    """uint8 RGB (..., 3) for pattern values `mix` (a lookup per pixel, not RGB arithmetic)."""
+    return np.take(_colour_ramp(texture.color_a, texture.color_b), np.rint(mix * 255).astype(np.uint8), axis=0)
+
+
+def background_frames(params: VideoParams) -> np.ndarray:
+    """(T, H, W, 3) uint8: the background texture translated by `background_shift` over the clip.
+
+    The pattern is evaluated once on a canvas that covers every frame's view; each frame is a
+    bilinear sub-pixel crop of it (a uniform shift needs four slices, no per-pixel lookups).
+    """
+    size, count = params.size, params.num_frames
+    offsets = -np.outer(np.arange(count) / (count - 1), params.background_shift)   # (T, [x, y]) px
+    low = np.floor(offsets.min(0))
+    extent = size + int(np.ceil((offsets - low).max())) + 2
+    axes = [(np.arange(extent, dtype=np.float32) + 0.5 + low[k]) / size for k in (0, 1)]
+    canvas = texture_mix(params.background, axes[0][None, :], axes[1][:, None]).astype(np.float32)
+    mixes = np.empty((count, size, size), np.float32)
+    for t, (dx, dy) in enumerate(offsets - low):
+        ix, iy = int(dx), int(dy)
+        fx, fy = np.float32(dx - ix), np.float32(dy - iy)
+        rows = canvas[iy:iy + size + 1]
+        cols = rows[:, ix:ix + size] * (1 - fx) + rows[:, ix + 1:ix + size + 1] * fx
+        mixes[t] = cols[:-1] * (1 - fy) + cols[1:] * fy
+    return texture_rgb(params.background, mixes)
 
 
 def _inside(shape: str, aspect: float, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -241,7 +271,7 @@ def _inside(shape: str, aspect: float, u: np.ndarray, v: np.ndarray) -> np.ndarr
 
 
 def draw_sprite(image: np.ndarray, sprite: Sprite, progress: float) -> np.ndarray:
-    """Paint `sprite` into float image (H, W, 3) in place; return its bool mask (H, W)."""
+    """Paint `sprite` into image (H, W, 3) in place; return its bool mask (H, W)."""
     height, width = image.shape[:2]
     cx, cy, angle, half_length = sprite_pose(sprite, progress)
     reach = half_length * circumradius(sprite.shape, sprite.aspect) + 1
@@ -257,7 +287,7 @@ def draw_sprite(image: np.ndarray, sprite: Sprite, progress: float) -> np.ndarra
     v = (dy * cos - dx * sin) / half_length
     inside = _inside(sprite.shape, sprite.aspect, u, v)
     window = image[y0:y1, x0:x1]
-    window[inside] = texture_rgb(sprite.texture, u[inside], v[inside])
+    window[inside] = texture_rgb(sprite.texture, texture_mix(sprite.texture, u[inside], v[inside]))
     mask[y0:y1, x0:x1] = inside
     return mask
 
@@ -282,22 +312,13 @@ def sprite_box(sprite: Sprite, progress: float, width: int, height: int) -> tupl
 def render_video(params: VideoParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """frames (T, H, W, 3) uint8, target boxes (T, 4) float32 xyxy, target masks (T, H, W) uint8."""
     size, count = params.size, params.num_frames
-    frames = np.empty((count, size, size, 3), np.uint8)
+    frames = background_frames(params)
     masks = np.empty((count, size, size), np.uint8)
     boxes = np.empty((count, 4), np.float32)
-    pixels = (np.arange(size, dtype=np.float32) + 0.5) / size
     target = labelled_target(params)
-    bx, by = params.background_shift
-    per_chunk = max(1, BACKGROUND_CHUNK_PIXELS // (size * size))
-    for start in range(0, count, per_chunk):
-        # the background of several frames at once: fewer, larger numpy calls
-        progress = (np.arange(start, min(count, start + per_chunk), dtype=np.float32) / (count - 1))[:, None, None]
-        images = texture_rgb(params.background, pixels[None, None, :] - progress * (bx / size),
-                             pixels[None, :, None] - progress * (by / size))
-        for t, image in enumerate(images, start):
-            for distractor in params.distractors:
-                draw_sprite(image, distractor, t / (count - 1))
-            masks[t] = draw_sprite(image, target, t / (count - 1))
-            boxes[t] = sprite_box(target, t / (count - 1), size, size)
-        frames[start:start + len(images)] = np.clip(np.rint(images), 0, 255)
+    for t, image in enumerate(frames):
+        for distractor in params.distractors:
+            draw_sprite(image, distractor, t / (count - 1))
+        masks[t] = draw_sprite(image, target, t / (count - 1))
+        boxes[t] = sprite_box(target, t / (count - 1), size, size)
     return frames, boxes, masks
