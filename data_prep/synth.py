@@ -13,8 +13,9 @@ synth_render.py), with distractors and a drifting background. The dataset folder
     videos/, davis/ per video, see synth_export.py
     davis/ImageSets/2017/train.txt, val.txt   sequence names per split
 
-Video i is `sample_params(seed, i, ...)`, label i % 8, so the output does not depend on the
-number of workers. Everything is written into a sibling `<out>.partial-*` folder that is renamed
+Video i is `sample_params(seed, i, ...)` with label i % 8; the first round(per_class *
+val_fraction) videos of each class are val. So the output does not depend on the number of
+workers. Everything is written into a sibling `<out>.partial-*` folder that is renamed
 to `<out>` only once complete, so a folder named `<out>` is always a whole dataset.
 """
 
@@ -156,8 +157,8 @@ def write_index_files(root: Path, config: SynthConfig, entries: list[VideoEntry]
             _write_text(root / DAVIS_SETS_DIR / f"{split}.txt", names)
     counts = {s: sum(e.split == s for e in entries) for s in SPLITS}
     meta = {"generator": "vssl synth", "version": SYNTH_VERSION, **dataclasses.asdict(config),
-            "x264_preset": X264_PRESET, "x264_threads": X264_THREADS, "classes": list(CLASSES), "videos": len(entries),
-            "videos_by_split": counts, "val_per_class": config.val_count,
+            "x264_preset": X264_PRESET, "x264_threads": X264_THREADS, "classes": list(CLASSES),
+            "videos": len(entries), "videos_by_split": counts, "val_per_class": config.val_count,
             "ranges": dataclasses.asdict(RANGES)}
     _write_text(root / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -208,7 +209,12 @@ def _install(partial_dir: Path, out_dir: Path) -> None:
         out_dir.rename(old)
     elif out_dir.is_dir():
         out_dir.rmdir()
-    partial_dir.rename(out_dir)
+    try:
+        partial_dir.rename(out_dir)
+    except OSError:
+        if old is not None:
+            old.rename(out_dir)
+        raise
     if old is not None:
         shutil.rmtree(old)
 
@@ -227,7 +233,7 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None, *, workers:
     if not isinstance(workers, int) or isinstance(workers, bool):
         raise ConfigError(f"synth.workers: must be an integer, got {workers!r}")
     workers = min(workers if workers > 0 else os.cpu_count() or 1, config.num_videos)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()   # "." has no usable name or parent for the partial folder
     _prepare_out(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
