@@ -1,7 +1,7 @@
 """Benchmark of `vssl synth`: generation throughput, worker scaling, and where the time goes.
 
-    python -m benchmarks synth --quick      # 80 videos, 16 frames, 64 px (about 20 s on 2 cores)
-    python -m benchmarks synth              # 160 videos, 32 frames, 128 px
+    python -m benchmarks synth --quick      # 80 videos, 16 frames, 64 px (10-20 s on 2 cores)
+    python -m benchmarks synth              # 160 videos, 32 frames, 128 px (about 1-2 min)
 
 Peers measured in the same run: the same dataset with 1 vs 2 workers (scaling), and the bare
 H.264 encode of the same frames (the floor any generator writing mp4 pays), against which the
@@ -46,7 +46,12 @@ def run(quick: bool) -> dict:
         no_davis = _best_seconds(make(1, davis=False), repeats)
     indices = range(config.num_videos)
     params = [sample_params(config.seed, i, config.num_frames, config.size) for i in indices]
-    render = _best_seconds(lambda: [render_video(p) for p in params], repeats)
+
+    def render_all() -> None:
+        for p in params:
+            render_video(p)
+
+    render = _best_seconds(render_all, repeats)
     clips = [render_video(p)[0] for p in params]
     encode = _best_seconds(lambda: [encode_mp4(c, fps=config.fps, gop=config.gop, crf=config.crf,
                                                preset=X264_PRESET, threads=X264_THREADS)
