@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -181,9 +181,8 @@ def labelled_target(params: VideoParams) -> Sprite:
     dx, dy = direction.get(name, (0, 0))
     turn = {"rotate_cw": 1.0, "rotate_ccw": -1.0}.get(name, 0.0) * params.class_turn
     growth = {"grow": 1.0, "shrink": -1.0}.get(name, 0.0) * params.class_log_growth
-    return Sprite(t.shape, t.aspect, t.texture, t.half_length, t.center, t.angle,
-                  shift=(t.shift[0] + dx * params.class_shift, t.shift[1] + dy * params.class_shift),
-                  turn=t.turn + turn, log_scale=t.log_scale + growth)
+    return replace(t, shift=(t.shift[0] + dx * params.class_shift, t.shift[1] + dy * params.class_shift),
+                   turn=t.turn + turn, log_scale=t.log_scale + growth)
 
 
 def sprite_pose(sprite: Sprite, progress: float) -> tuple[float, float, float, float]:
