@@ -18,8 +18,12 @@ import numpy as np
 
 
 def encode_mp4(frames: np.ndarray | Iterable[np.ndarray], fps: float = 25.0, gop: int = 16,
-               crf: int = 23, preset: str = "veryfast") -> bytes:
-    """Encode RGB uint8 frames (T, H, W, 3) to MP4 bytes (yuv420p; H and W must be even)."""
+               crf: int = 23, preset: str = "veryfast", threads: int = 0) -> bytes:
+    """Encode RGB uint8 frames (T, H, W, 3) to MP4 bytes (yuv420p; H and W must be even).
+
+    threads: x264 threads, 0 = automatic. x264's output depends on its thread count, so a fixed
+    count (1 is also the fastest for small clips) gives the same bytes on every machine.
+    """
     buf = io.BytesIO()
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(buf, mode="w", format="mp4") as container:
@@ -32,6 +36,8 @@ def encode_mp4(frames: np.ndarray | Iterable[np.ndarray], fps: float = 25.0, gop
                 stream = container.add_stream("libx264", rate=rate)
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                 stream.codec_context.gop_size = gop
+                if threads:
+                    stream.codec_context.thread_count = threads
                 stream.options = {"crf": str(crf), "preset": preset,
                                   "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
