@@ -68,7 +68,7 @@ class Monitor:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "images").mkdir(exist_ok=True)
         tc, dc = cfg.train, cfg.data
-        global_batch = dc.batch_size * getattr(dc, "repeats", 1) * tc.grad_accum * acc.num_processes
+        global_batch = dc.batch_size * dc.repeated_samples * tc.grad_accum * acc.num_processes
         info = {"config": to_dict(cfg), "world_size": acc.num_processes, "global_batch_clips": global_batch,
                 "manifest_sha256": manifest_hash(dc.shards), "versions": package_versions(),
                 "argv": sys.argv, "resumed_from": resumed_from or None}
