@@ -70,7 +70,7 @@ def test_evaluate_sequence_from_a_davis_folder(tmp_path):
     folder = tmp_path / davis.FRAME_DIR / "480p" / "square"
     folder.mkdir(parents=True)
     for t, frame in enumerate(frames):
-        Image.fromarray(frame).save(, folder / f"{t:05d}.jpg", quality=95)
+        Image.fromarray(frame).save(folder / f"{t:05d}.jpg", quality=95)
     result = propagation.evaluate_sequence(PatchPixels(), davis.read_sequence(tmp_path, "square"),
                                            PropagationConfig(context=3, radius=3))
     summary = propagation.summarize([result])
