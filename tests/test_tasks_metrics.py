@@ -87,6 +87,15 @@ def test_disk_dilation_uses_a_round_structuring_element():
     assert not M.disk_dilate(dot, 2)[0, 1, 1]  # corner (dx, dy) = (2, 2) lies outside
 
 
+@pytest.mark.parametrize("radius", [0, 1, 3, 8])
+def test_disk_dilation_equals_the_convolution_definition(radius):
+    masks = torch.rand(2, 30, 41, generator=torch.Generator().manual_seed(radius)) > 0.97
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    disk = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius ** 2).float()
+    expected = torch.nn.functional.conv2d(masks[:, None].float(), disk[None, None], padding=radius)[:, 0] > 0
+    assert torch.equal(M.disk_dilate(masks, radius), expected)
+
+
 def test_boundary_f_matches_within_the_tolerance_only():
     truth = square()[None]
     shifted = square(cols=(2, 4))[None]

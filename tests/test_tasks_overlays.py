@@ -72,6 +72,9 @@ def test_comparisons_reject_mismatched_inputs(tmp_path):
     with pytest.raises(ValueError, match="must be uint8"):
         overlays.save_mask_comparison(tmp_path / "x.png", dark_frames().astype(float),
                                       np.zeros((T, H, W), np.uint8), np.zeros((T, H, W), np.uint8))
+    with pytest.raises(ValueError, match=r"mask \(32, 41\) does not match frame \(32, 40\)"):
+        overlays.save_mask_comparison(tmp_path / "x.png", dark_frames(), np.zeros((T, H, W + 1), np.uint8),
+                                      np.zeros((T, H, W + 1), np.uint8))
     with pytest.raises(ValueError, match="unknown image suffix"):
         overlays.save_box_comparison(tmp_path / "x.bmpx", dark_frames(), boxes(0), boxes(0))
 

@@ -74,7 +74,7 @@ def test_evaluate_sequence_from_a_davis_folder(tmp_path):
     result = propagation.evaluate_sequence(PatchPixels(), davis.read_sequence(tmp_path, "square"),
                                            PropagationConfig(context=3, radius=3))
     summary = propagation.summarize([result])
-    assert summary["objects"] == 1 and summary["J&F"] > 0.9
+    assert summary["objects"] == 1 and summary["J&F"] > 0.9 and result.summary == summary
 
 
 def test_neighbourhood_limit_rejects_a_far_away_twin():

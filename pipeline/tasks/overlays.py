@@ -15,7 +15,9 @@ animation of every frame with truth on the left and prediction on the right. Fra
 from __future__ import annotations
 
 import io
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,6 +43,8 @@ def draw_box(frame: np.ndarray, box: np.ndarray, colour: tuple[int, int, int], w
 
 def draw_mask(frame: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """A copy of `frame` with each object id > 0 filled translucently in its palette colour and outlined."""
+    if mask.shape != frame.shape[:2]:
+        raise ValueError(f"overlays: mask {mask.shape} does not match frame {frame.shape[:2]}")
     palette = np.array(davis_palette(), dtype=np.float32).reshape(256, 3)
     out = frame.astype(np.float32)
     colours = palette[mask]
@@ -72,39 +76,37 @@ def comparison_strip(truth: np.ndarray, predicted: np.ndarray, columns: int = 8,
     return Image.fromarray(canvas)
 
 
-def _save_comparison(path: str | Path, truth: np.ndarray, predicted: np.ndarray, columns: int,
+def _save_comparison(path: str | Path, frames: np.ndarray, predicted: np.ndarray, truth: np.ndarray,
+                     what: str, draw_truth: Callable, draw_predicted: Callable, columns: int,
                      fps: float) -> Path:
+    """Draw truth and prediction on copies of the frames; a .gif animates, anything else is a strip."""
+    _check_frames(frames, len(predicted), f"predicted {what}")
+    _check_frames(frames, len(truth), f"truth {what}")
+    truth_frames = np.stack([draw_truth(f, x) for f, x in zip(frames, truth)])
+    predicted_frames = np.stack([draw_predicted(f, x) for f, x in zip(frames, predicted)])
     path = Path(path)
     if path.suffix.lower() != ".gif":
-        return save_image(comparison_strip(truth, predicted, columns), path)
-    gap = np.full((truth.shape[1], 4, 3), GAP_COLOUR, np.uint8)
-    frames = [Image.fromarray(np.concatenate([a, gap, b], axis=1)) for a, b in zip(truth, predicted)]
-    return save_image(frames[0], path, save_all=True, append_images=frames[1:],
+        return save_image(comparison_strip(truth_frames, predicted_frames, columns), path)
+    gap = np.full((frames.shape[1], 4, 3), GAP_COLOUR, np.uint8)
+    animation = [Image.fromarray(np.concatenate([a, gap, b], axis=1))
+                 for a, b in zip(truth_frames, predicted_frames)]
+    return save_image(animation[0], path, save_all=True, append_images=animation[1:],
                       duration=int(round(1000 / fps)), loop=0)
 
 
 def save_box_comparison(path: str | Path, frames: np.ndarray, predicted: np.ndarray, truth: np.ndarray,
                         columns: int = 8, fps: float = 8.0) -> Path:
     """Truth boxes (green) beside predicted boxes (red); .png strip or .gif animation by suffix."""
-    predicted, truth = np.asarray(predicted), np.asarray(truth)
-    _check_frames(frames, len(predicted), "predicted boxes")
-    _check_frames(frames, len(truth), "truth boxes")
-    truth_frames = np.stack([draw_box(f, b, TRUTH_COLOUR) for f, b in zip(frames, truth)])
-    predicted_frames = np.stack([draw_box(f, b, PREDICTION_COLOUR) for f, b in zip(frames, predicted)])
-    return _save_comparison(path, truth_frames, predicted_frames, columns, fps)
+    return _save_comparison(path, frames, np.asarray(predicted), np.asarray(truth), "boxes",
+                            partial(draw_box, colour=TRUTH_COLOUR),
+                            partial(draw_box, colour=PREDICTION_COLOUR), columns, fps)
 
 
 def save_mask_comparison(path: str | Path, frames: np.ndarray, predicted: np.ndarray, truth: np.ndarray,
                          columns: int = 8, fps: float = 8.0) -> Path:
     """Truth masks beside predicted masks (DAVIS colours); .png strip or .gif animation by suffix."""
-    predicted, truth = np.asarray(predicted), np.asarray(truth)
-    _check_frames(frames, len(predicted), "predicted masks")
-    _check_frames(frames, len(truth), "truth masks")
-    if predicted.shape != truth.shape or predicted.shape != frames.shape[:3]:
-        raise ValueError(f"overlays: masks {predicted.shape} and {truth.shape} must match frames {frames.shape[:3]}")
-    truth_frames = np.stack([draw_mask(f, m) for f, m in zip(frames, truth)])
-    predicted_frames = np.stack([draw_mask(f, m) for f, m in zip(frames, predicted)])
-    return _save_comparison(path, truth_frames, predicted_frames, columns, fps)
+    return _save_comparison(path, frames, np.asarray(predicted), np.asarray(truth), "masks",
+                            draw_mask, draw_mask, columns, fps)
 
 
 def confusion_figure_inches(num_classes: int) -> float:

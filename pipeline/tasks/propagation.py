@@ -5,6 +5,7 @@
     result = propagation.evaluate_sequence(encoder, seq, propagation.PropagationConfig(context=7))
     result.masks        # (T, H, W) uint8 object ids; frame 0 is the given annotation
     result.scores       # {"J": (objects, T-2), "F": (objects, T-2)}  (pipeline/tasks/metrics.py)
+    result.summary      # {"J", "F", "J&F", "objects"} of this sequence
     propagation.summarize([result, ...])   # {"J", "F", "J&F", "objects"}
 
 The protocol of DINO / VideoMAE-style DAVIS evaluations:
@@ -56,6 +57,11 @@ class PropagationResult:
     name: str
     masks: np.ndarray  # (T, H, W) uint8
     scores: dict[str, Tensor]  # davis_sequence_scores: "J", "F" (objects, evaluated frames)
+
+    @property
+    def summary(self) -> dict[str, float]:
+        """This sequence's J, F, J&F (means over its objects)."""
+        return davis_summary([self.scores])
 
 
 def grid_labels(mask: Tensor, grid: tuple[int, int]) -> Tensor:
