@@ -5,6 +5,9 @@
 
 Used by the synthetic generator, by transcoding in `vssl shard`, and by tests that need a
 small real video. The GOP length sets the keyframe interval, which bounds random-access cost.
+Frames may be RGB uint8 arrays or decoded `av.VideoFrame`s (already at the output size), so a
+transcode never round-trips through RGB. `threads=1` makes the bytes independent of how many
+cores the machine has, which `vssl shard` relies on for reproducible shards.
 """
 
 from __future__ import annotations
@@ -17,24 +20,33 @@ import av
 import numpy as np
 
 
-def encode_mp4(frames: np.ndarray | Iterable[np.ndarray], fps: float = 25.0, gop: int = 16,
-               crf: int = 23, preset: str = "veryfast") -> bytes:
-    """Encode RGB uint8 frames (T, H, W, 3) to MP4 bytes (yuv420p; H and W must be even)."""
+def encode_mp4(frames: np.ndarray | Iterable[np.ndarray | av.VideoFrame], fps: float = 25.0,
+               gop: int = 16, crf: int = 23, preset: str = "veryfast", threads: int = 0) -> bytes:
+    """Encode RGB uint8 frames (T, H, W, 3) or VideoFrames to MP4 bytes (yuv420p; even H and W).
+
+    threads=0 lets x264 pick a count from the machine's cores; any other value fixes it.
+    """
     buf = io.BytesIO()
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(buf, mode="w", format="mp4") as container:
         stream = None
-        for frame in frames:
+        for index, frame in enumerate(frames):
+            if isinstance(frame, av.VideoFrame):
+                vf = frame
+            else:
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
             if stream is None:
-                h, w = frame.shape[:2]
+                w, h = vf.width, vf.height
                 if h % 2 or w % 2:
                     raise ValueError(f"frame size {w}x{h}: H.264 yuv420p needs even width and height")
                 stream = container.add_stream("libx264", rate=rate)
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                 stream.codec_context.gop_size = gop
+                params = f"keyint={gop}:min-keyint={gop}:scenecut=0"
                 stream.options = {"crf": str(crf), "preset": preset,
-                                  "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
+                                  "x264-params": params + (f":threads={threads}" if threads else "")}
+            # decoded frames carry the source's timestamps; the output is constant-rate
+            vf.pts, vf.time_base = index, 1 / rate
             for packet in stream.encode(vf):
                 container.mux(packet)
         if stream is None:
