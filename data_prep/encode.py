@@ -6,8 +6,12 @@
 Used by the synthetic generator, by transcoding in `vssl shard`, and by tests that need a
 small real video. The GOP length sets the keyframe interval, which bounds random-access cost.
 Frames may be RGB uint8 arrays or decoded `av.VideoFrame`s (already at the output size), so a
-transcode never round-trips through RGB. `threads=1` makes the bytes independent of how many
-cores the machine has, which `vssl shard` relies on for reproducible shards.
+transcode never round-trips through RGB.
+
+The same frames and settings always give the same bytes, which `vssl shard` relies on for
+reproducible shards: x264's macroblock-tree rate control is off because it made the output of
+small frames (e.g. 64x48) vary from run to run (measured: 3-6 distinct outputs in 60 encodes;
+1 with mbtree=0), and `threads=1` makes the bytes independent of the machine's core count.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def encode_mp4(frames: np.ndarray | Iterable[np.ndarray | av.VideoFrame], fps: f
                 stream = container.add_stream("libx264", rate=rate)
                 stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
                 stream.codec_context.gop_size = gop
-                params = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+                params = f"keyint={gop}:min-keyint={gop}:scenecut=0:mbtree=0"
                 stream.options = {"crf": str(crf), "preset": preset,
                                   "x264-params": params + (f":threads={threads}" if threads else "")}
             # decoded frames carry the source's timestamps; the output is constant-rate
