@@ -93,6 +93,22 @@ class KillablePool:
         self._workers[self._workers.index(worker)] = fresh
         return fresh
 
+    def _submit(self, worker: _Worker, seq: int, task: Any, results: dict[int, Any]) -> _Worker:
+        """Hand `task` to `worker`, or to one fresh replacement if that worker died while idle.
+
+        Returns the worker now running the task, or (if the replacement died too) an idle
+        worker, with the task's result recorded as a TaskFailed.
+        """
+        for _ in range(2):
+            try:
+                worker.submit(seq, task)
+                return worker
+            except OSError:
+                reason = worker.death()
+                worker = self._replace(worker)
+        results[seq] = TaskFailed(reason)
+        return worker
+
     def map(self, tasks: Iterable[T], ahead: int = 0) -> Iterator[tuple[T, Any]]:
         """(task, result) pairs in task order; result is fn(task, *args) or a TaskFailed."""
         source = iter(tasks)
@@ -109,10 +125,12 @@ class KillablePool:
                 if task is _END:
                     exhausted = True
                     break
-                worker = idle.pop()
                 waiting[submitted] = task
-                worker.submit(submitted, task)
-                busy[worker.conn] = worker
+                worker = self._submit(idle.pop(), submitted, task, results)
+                if worker.seq == submitted:
+                    busy[worker.conn] = worker
+                else:
+                    idle.append(worker)
                 submitted += 1
             while yielded in results:
                 yield waiting.pop(yielded), results.pop(yielded)

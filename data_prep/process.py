@@ -147,24 +147,34 @@ class _DecodedFrames:
         return self.frame
 
 
-def _reencode(data: bytes, info: VideoInfo, windows: list[tuple[float, float]], settings: Settings,
-              ) -> list[tuple[bytes, list[int], tuple[float, float]]]:
-    """(mp4 bytes, source frame plan, window) per window, from one decode pass."""
-    fps = settings.fps if settings.transcode and settings.fps else info.fps
-    width, height = output_size(info.width, info.height, settings.short_side if settings.transcode else 0)
-    shrink = width * height < info.width * info.height
-    plans = [frame_plan(info.frame_times, info.duration, a, b, fps if fps != info.fps else 0) for a, b in windows]
+def _kept(data: bytes, info: VideoInfo) -> tuple[str, bytes] | None:
+    """("copy" | "remux", bytes) to store a video without re-encoding, or None if MP4 cannot hold it."""
+    check_decodes(data, info)
+    if info.is_mp4 and info.reported_frames in (0, info.num_frames):
+        return "copy", data
+    try:
+        return "remux", remux_mp4(data)
+    except VideoError:
+        return None
+
+
+def _reencode(data: bytes, info: VideoInfo, windows: list[tuple[float, float]], size: tuple[int, int],
+              fps: float, settings: Settings) -> list[tuple[bytes, list[int]]]:
+    """(mp4 bytes, source frame plan) per window, all from one decode pass."""
+    times = info.frame_times
+    plans = [frame_plan(times, info.duration, a, b, 0 if fps == info.fps else fps) for a, b in windows]
     if not all(plans):
         raise VideoError(f"clip [{windows[0][0]:g}, {windows[-1][1]:g}) holds no frames of the video")
+    width, height = size
+    interpolation = "AREA" if width * height < info.width * info.height else "BICUBIC"
     outputs = []
     with open_video(data) as container:
         frames = _DecodedFrames(container, info)
-        for plan, window in zip(plans, windows):
-            resized = (frames.get(i).reformat(width=width, height=height, format="yuv420p",
-                                              interpolation="AREA" if shrink else "BICUBIC") for i in plan)
-            mp4 = encode_mp4(resized, fps=fps, gop=settings.gop, crf=settings.crf,
-                             preset=settings.preset, threads=1)
-            outputs.append((mp4, plan, window))
+        for plan in plans:
+            scaled = (frames.get(i).reformat(width=width, height=height, format="yuv420p",
+                                             interpolation=interpolation) for i in plan)
+            outputs.append((encode_mp4(scaled, fps=fps, gop=settings.gop, crf=settings.crf,
+                                       preset=settings.preset, threads=1), plan))
     return outputs
 
 
@@ -186,30 +196,29 @@ def _sample(item: Item, key: str, mp4: bytes, mode: str, window: tuple[float, fl
     return Sample(key=key, members=members, duration=meta.duration)
 
 
+def _annotations(item: Item, info: VideoInfo) -> Annotations | None:
+    sidecars = {name: read_blob(blob, f"{name} annotation") if blob else None
+                for name, blob in (("boxes", item.boxes), ("masks", item.masks))}
+    if not any(sidecars.values()):
+        return None
+    return load_annotations(sidecars["boxes"], sidecars["masks"], info.num_frames, info.width, info.height)
+
+
 def _samples(item: Item, settings: Settings) -> list[Sample]:
     data = read_blob(item.video, "video")
     info = probe(data)
-    sidecars = {name: read_blob(blob, f"{name} annotation") if blob else None
-                for name, blob in (("boxes", item.boxes), ("masks", item.masks))}
-    ann = None
-    if sidecars["boxes"] or sidecars["masks"]:
-        ann = load_annotations(sidecars["boxes"], sidecars["masks"], info.num_frames, info.width, info.height)
+    ann = _annotations(item, info)
     windows = clip_windows(item, info, settings.segment_s)
-    if windows is None and not settings.transcode:
-        check_decodes(data, info)
-        mode, mp4 = "copy", data
-        if not info.is_mp4 or (info.reported_frames and info.reported_frames != info.num_frames):
-            try:
-                mode, mp4 = "remux", remux_mp4(data)
-            except VideoError:
-                mode = ""
-        if mode:
-            return [_sample(item, item.key, mp4, mode, (0.0, info.duration), info, ann, info.num_frames)]
-    outputs = _reencode(data, info, windows or [(0.0, info.duration)], settings)
+    kept = _kept(data, info) if windows is None and not settings.transcode else None
+    if kept:
+        mode, mp4 = kept
+        return [_sample(item, item.key, mp4, mode, (0.0, info.duration), info, ann, info.num_frames)]
+    size = output_size(info.width, info.height, settings.short_side if settings.transcode else 0)
+    fps = settings.fps if settings.transcode and settings.fps else info.fps
+    windows = windows or [(0.0, info.duration)]
     samples = []
-    for n, (mp4, plan, window) in enumerate(outputs):
-        key = item.key if len(outputs) == 1 and not settings.segment_s else f"{item.key}_seg{n:04d}"
-        size = output_size(info.width, info.height, settings.short_side if settings.transcode else 0)
+    for n, (window, (mp4, plan)) in enumerate(zip(windows, _reencode(data, info, windows, size, fps, settings))):
+        key = f"{item.key}_seg{n:04d}" if settings.segment_s else item.key
         clip_ann = ann.select(plan, *size) if ann else None
         samples.append(_sample(item, key, mp4, "transcode", window, info, clip_ann, len(plan)))
     return samples

@@ -41,6 +41,10 @@ def test_corrupt_inputs_are_quarantined_with_reasons(tmp_path):
     encoded(d / "audio.mp4", "aac", "mp4", audio_only=True)
     (d / "dangling.mp4").symlink_to(d / "nowhere.mp4")
     (d / "folder.mp4").mkdir()
+    locked = None if os.geteuid() == 0 else d / "locked.mp4"  # root reads a chmod 000 file anyway
+    if locked:
+        locked.write_bytes(good)
+        locked.chmod(0)
     summary = run_shard(d, tmp_path / "out")
     reasons = {q["key"]: q["reason"] for q in quarantine(tmp_path / "out")}
     assert reasons["empty"] == "video is empty (0 bytes)"
@@ -50,8 +54,10 @@ def test_corrupt_inputs_are_quarantined_with_reasons(tmp_path):
     assert reasons["audio"] == "no video stream (only audio)"
     assert reasons["dangling"] == "video not found (dangling symlink)"
     assert reasons["folder"] == "video is a directory"
+    if locked:
+        assert reasons.pop("locked") == "video is not readable (permission denied)"
     assert sorted(metas(tmp_path / "out")) == ["good"]
-    assert summary.quarantined == 7 and read_manifest(tmp_path / "out").quarantined == 7
+    assert len(reasons) == 7 and summary.quarantined == read_manifest(tmp_path / "out").quarantined == 7 + bool(locked)
     assert all("\n" not in r for r in reasons.values())
 
 
@@ -110,6 +116,14 @@ def test_pool_keeps_order_and_reports_exceptions():
     assert [t for t, _ in results] == [1, 2, "boom", 4, 5]
     assert [r for _, r in results if not isinstance(r, TaskFailed)] == [3, 6, 12, 15]
     assert results[2][1] == TaskFailed("error: RuntimeError: bad task")
+
+
+def test_pool_replaces_a_worker_that_died_while_idle():
+    with KillablePool(_echo, workers=1, timeout_s=30, args=(2,)) as pool:
+        idle = pool._workers[0].process
+        idle.kill()
+        idle.join()
+        assert [r for _, r in pool.map([1, 2, 3])] == [2, 4, 6]
 
 
 def test_bad_settings_and_listings_are_one_line_errors(tmp_path, capsys):

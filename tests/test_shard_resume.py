@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from data_prep.process import FAULT_ENV
 from data_prep.shard_run import KILL_ENV
 from data_prep.writer import JOURNAL_NAME
 from pipeline.cli import main
@@ -80,6 +83,24 @@ def test_sigkilled_run_resumes_to_the_same_bytes(kinetics, reference, tmp_path):
     assert main(_args(kinetics, out, workers=2)) == 0
     _same_dataset(reference, out)
     assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_hang_stops_promptly_and_resumes(kinetics, reference, tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, FAULT_ENV: "hang=y09", "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *_args(kinetics, out, workers=2)],
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while b'"done"' not in ((out / JOURNAL_NAME).read_bytes() if (out / JOURNAL_NAME).exists() else b""):
+        assert time.monotonic() < deadline and run.poll() is None, "no shard finished before the hang"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=30)
+    assert run.returncode == 130 and "interrupted" in err
+    assert not list(out.glob("*.tmp")) and not (out / "manifest.json").exists()
+    assert main(_args(kinetics, out, workers=1)) == 0
+    _same_dataset(reference, out)
 
 
 def test_rerun_of_finished_run_changes_nothing_and_other_commands_are_refused(kinetics, reference, tmp_path, capsys):
