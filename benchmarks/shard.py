@@ -35,7 +35,7 @@ import numpy as np
 from data_prep.encode import encode_mp4
 from data_prep.process import output_size
 from data_prep.shard_run import shard_dataset
-from data_prep.sources import list_inputs
+from data_prep.listing import list_inputs
 from pipeline.config import ShardConfig
 
 SIZE, FRAMES, FPS = (240, 320), 96, 25.0

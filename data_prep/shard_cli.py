@@ -18,8 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from data_prep.listing import FORMATS, list_inputs
 from data_prep.shard_run import ShardRunError, shard_dataset
-from data_prep.sources import FORMATS, ListingError, list_inputs
+from data_prep.sources import ListingError
 from pipeline.config import ShardConfig, from_dict
 
 # ShardConfig field -> (flag, help); a flag left out keeps the config default

@@ -1,6 +1,6 @@
 """`vssl shard` end to end: listed items -> killable workers -> ordered shards, quarantine, manifest.
 
-    from data_prep.sources import list_inputs
+    from data_prep.listing import list_inputs
     from data_prep.shard_run import shard_dataset
     listing = list_inputs("videos/")
     summary = shard_dataset(listing, Path("shards"), ShardConfig(workers=2), command=["vssl", "shard", ...])
@@ -40,9 +40,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from data_prep.listing import Listing
 from data_prep.pool import KillablePool, TaskFailed
-from data_prep.process import FAULT_ENV, Settings, process_item
-from data_prep.sources import Item, Listing
+from data_prep.process import FAULT_ENV, Outcome, Settings, process_item
+from data_prep.sources import Item
 from data_prep.writer import JOURNAL_NAME, Cursor, Journal, SplitWriter
 from pipeline.config import ShardConfig, to_dict
 from pipeline.data.shard_format import (MANIFEST_NAME, QUARANTINE_NAME, TMP_SUFFIX, Manifest, ShardEntry,
@@ -122,7 +123,7 @@ def fingerprint(listing: Listing, cfg: ShardConfig, inputs: dict[str, Any]) -> s
     return h.hexdigest()
 
 
-def _open_out(out: Path, print_: str, overwrite: bool) -> list[dict[str, Any]]:
+def _open_out(out: Path, run_id: str, overwrite: bool) -> list[dict[str, Any]]:
     """Journal records of an interrupted run of this same command (else []); clears what it must."""
     out.mkdir(parents=True, exist_ok=True)
     journal = out / JOURNAL_NAME
@@ -132,7 +133,7 @@ def _open_out(out: Path, print_: str, overwrite: bool) -> list[dict[str, Any]]:
         for p in ours:
             p.unlink()
         return []
-    if records and records[0].get("fingerprint") != print_:
+    if records and records[0].get("fingerprint") != run_id:
         raise ShardRunError(f"{out}: holds a run of a different command or input listing "
                             f"({JOURNAL_NAME}); pass --overwrite or use another --out")
     if not records and any(p.name.endswith(".tar") or p.name == MANIFEST_NAME for p in ours):
@@ -171,18 +172,37 @@ def _verified(records: list[dict[str, Any]], out: Path) -> tuple[dict[str, list[
     return done, cursor
 
 
+def _write_manifest(out: Path, listing: Listing, shards: list[dict[str, Any]], quarantined: int,
+                    cfg: ShardConfig, command: list[str], inputs: dict[str, Any]) -> Manifest:
+    shards = sorted(shards, key=lambda r: r["name"])
+    by_split: Counter = Counter()
+    for rec in shards:
+        by_split[rec["split"]] += rec["samples"]
+    totals = {"samples": sum(by_split.values()), "bytes": sum(r["bytes"] for r in shards),
+              "shards": len(shards), "duration": round(sum(r["duration"] for r in shards), 3),
+              "by_split": dict(sorted(by_split.items()))}
+    manifest = Manifest(
+        shards=[ShardEntry(r["name"], r["split"], r["samples"], r["bytes"], r["sha256"]) for r in shards],
+        classes=listing.classes, totals=totals, quarantined=quarantined, command=command,
+        config={"shard": to_dict(cfg), "inputs": inputs},
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    manifest.write(out)
+    return manifest
+
+
 def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[str] | None = None,
                   inputs: dict[str, Any] | None = None, overwrite: bool = False,
                   progress: bool | None = None) -> Summary:
     """Write (or finish writing) the shards of `listing` into `out`; see the module docstring."""
     started = time.monotonic()
     inputs = inputs or {}
-    print_ = fingerprint(listing, cfg, inputs)
-    records = _open_out(out, print_, overwrite)
+    run_id = fingerprint(listing, cfg, inputs)
+    records = _open_out(out, run_id, overwrite)
     done, cursor = _verified(records, out)
     restart = min((c[0] for c in cursor.values()), default=0)
 
     def resume_at(split: str) -> Cursor:
+        """Where this run starts writing `split`; items before it are settled (written or quarantined)."""
         return cursor.get(split, (restart, 0))
 
     items = listing.items
@@ -191,19 +211,34 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
                                                      if e["index"] < resume_at(e["split"])[0]])
     journal = Journal(out / JOURNAL_NAME)
     if not records:
-        journal.append({"event": "start", "fingerprint": print_, "items": len(items)})
+        journal.append({"event": "start", "fingerprint": run_id, "items": len(items)})
     max_bytes = int(cfg.shard_size_mb * 1e6)
     writers = {split: SplitWriter(out, split, max_bytes, cfg.max_samples_per_shard, journal, recs)
                for split, recs in done.items()}
     seen = {key for recs in done.values() for rec in recs for key in rec["keys"]}
-    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
-    closed = 0
+    kill_after, closed = int(os.environ.get(KILL_ENV, "0") or 0), 0
 
     def closed_one(record: dict | None) -> None:
         nonlocal closed
         closed += record is not None
         if kill_after and closed >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def take(item: Item, outcome: Outcome | TaskFailed) -> None:
+        """Write an item's samples (those past its split's resume cursor), or quarantine it."""
+        at = resume_at(item.split)
+        fresh = [] if isinstance(outcome, TaskFailed) else [
+            (n, s) for n, s in enumerate(outcome.samples) if (item.index, n) >= at]
+        dup = next((s.key for _, s in fresh if s.key in seen), None)
+        reason = outcome.reason or (f"duplicate key {dup} (already written)" if dup else "")
+        if reason:
+            quarantine.add(item, reason)
+            return
+        if item.split not in writers:
+            writers[item.split] = SplitWriter(out, item.split, max_bytes, cfg.max_samples_per_shard, journal)
+        for n, sample in fresh:
+            seen.add(sample.key)
+            closed_one(writers[item.split].add(sample, (item.index, n)))
 
     settings = Settings.from_config(cfg, os.environ.get(FAULT_ENV, ""))
     todo = (it for it in items if it.index >= resume_at(it.split)[0])
@@ -212,20 +247,7 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
     try:
         with KillablePool(process_item, cfg.workers, cfg.timeout_s, args=(settings,)) as pool:
             for item, outcome in pool.map(todo):
-                at = resume_at(item.split)
-                reason = outcome.reason
-                fresh = [] if isinstance(outcome, TaskFailed) else [
-                    (n, s) for n, s in enumerate(outcome.samples) if (item.index, n) >= at]
-                dup = next((s.key for _, s in fresh if s.key in seen), None)
-                if not reason and dup:
-                    reason = f"duplicate key {dup} (already written)"
-                if reason:
-                    quarantine.add(item, reason)
-                for n, sample in ([] if reason else fresh):
-                    seen.add(sample.key)
-                    writer = writers.setdefault(item.split, SplitWriter(
-                        out, item.split, max_bytes, cfg.max_samples_per_shard, journal))
-                    closed_one(writer.add(sample, (item.index, n)))
+                take(item, outcome)
                 bar.update(1)
         for writer in writers.values():
             closed_one(writer.finish((len(items), 0)))
@@ -237,18 +259,10 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
         bar.close()
         journal.close()
         quarantine.close()
-    shards = sorted((rec for w in writers.values() for rec in w.done), key=lambda r: r["name"])
-    by_split = Counter()
-    for rec in shards:
-        by_split[rec["split"]] += rec["samples"]
-    totals = {"samples": sum(by_split.values()), "bytes": sum(r["bytes"] for r in shards),
-              "shards": len(shards), "duration": round(sum(r["duration"] for r in shards), 3),
-              "by_split": dict(sorted(by_split.items()))}
-    Manifest(shards=[ShardEntry(r["name"], r["split"], r["samples"], r["bytes"], r["sha256"]) for r in shards],
-             classes=listing.classes, totals=totals, quarantined=len(quarantine.entries),
-             command=list(command or []), config={"shard": to_dict(cfg), "inputs": inputs},
-             created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")).write(out)
+    manifest = _write_manifest(out, listing, [r for w in writers.values() for r in w.done],
+                               len(quarantine.entries), cfg, list(command or []), inputs)
     reasons = Counter(re.split(r" \(|: ", e["reason"])[0] for e in quarantine.entries)
-    return Summary(items=len(items), skipped=settled, samples=totals["samples"], shards=len(shards),
-                   bytes=totals["bytes"], quarantined=len(quarantine.entries), reasons=reasons,
-                   seconds=time.monotonic() - started, processed=len(items) - settled, out=str(out))
+    return Summary(items=len(items), skipped=settled, samples=manifest.totals["samples"],
+                   shards=len(manifest.shards), bytes=manifest.totals["bytes"], quarantined=manifest.quarantined,
+                   reasons=reasons, seconds=time.monotonic() - started, processed=len(items) - settled,
+                   out=str(out))

@@ -125,7 +125,4 @@ def list_shards(spec: str, split: str) -> tuple[list[Item], list[str]]:
     else:
         names = {it.label: it.label_name or str(it.label) for it in items if it.label >= 0}
         classes = [names.get(i, str(i)) for i in range(1 + max(names, default=-1))]
-    for item in items:
-        if item.label >= len(classes):
-            raise ListingError(f"{item.source}: label {item.label} is outside the class list of {len(classes)}")
     return items, classes

@@ -11,7 +11,7 @@ import av
 import numpy as np
 
 from data_prep.shard_run import Summary, shard_dataset
-from data_prep.sources import list_inputs
+from data_prep.listing import list_inputs
 from pipeline.config import ShardConfig
 from tests.videos import moving_frames, write_video
 

@@ -10,7 +10,8 @@ import tarfile
 import pytest
 
 from data_prep.probe import probe
-from data_prep.sources import ListingError, list_inputs
+from data_prep.listing import list_inputs
+from data_prep.sources import ListingError
 from pipeline.cli import main
 from pipeline.data.shard_format import SampleMeta, make_key, read_manifest
 from tests.shard_testlib import encoded, metas, quarantine, read_samples, run_shard, video
@@ -123,6 +124,22 @@ def test_path_lists_txt_and_csv(tmp_path):
     labels = sorted((m["label"], m["label_name"]) for m in metas(tmp_path / "o2").values())
     assert labels == [(1, "1"), (3, "3")]
     assert read_manifest(tmp_path / "o2").classes == ["0", "1", "2", "3"]
+
+
+def test_class_lists(tmp_path):
+    video(tmp_path / "v" / "a.mp4")
+    (tmp_path / "list.csv").write_text("v/a.mp4,1\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    listing = list_inputs(str(tmp_path / "list.csv"), classes_file=str(tmp_path / "classes.txt"))
+    assert (listing.classes, listing.items[0].label, listing.items[0].label_name) == (["cat", "dog"], 1, "dog")
+    bad = {"twice.txt": ("a\nb\na\n", "class 'a' is listed twice"),
+           "gap.json": ('{"a": 0, "b": 2}', "class indices must be 0..1, each once"),
+           "words.json": ('{"a": "zero"}', "class indices must be integers"),
+           "list.json": ("[1, 2]", "expected a JSON object")}
+    for name, (text, needle) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ListingError, match=needle):
+            list_inputs(str(tmp_path / "list.csv"), classes_file=str(tmp_path / name))
 
 
 def _v2d_tar(path, mp4: bytes):
