@@ -44,7 +44,7 @@ from data_prep.listing import Listing
 from data_prep.pool import KillablePool, TaskFailed
 from data_prep.process import FAULT_ENV, Outcome, Settings, process_item
 from data_prep.sources import Item
-from data_prep.writer import JOURNAL_NAME, Cursor, Journal, SplitWriter
+from data_prep.writer import JOURNAL_NAME, Cursor, JsonLines, SplitWriter
 from pipeline.config import ShardConfig, to_dict
 from pipeline.data.shard_format import (MANIFEST_NAME, QUARANTINE_NAME, TMP_SUFFIX, Manifest, ShardEntry,
                                         sha256_file)
@@ -81,39 +81,6 @@ class Summary:
         return lines
 
 
-class Quarantine:
-    """quarantine.jsonl: rejected items, one fsync'ed line each, in listing order."""
-
-    def __init__(self, path: Path, keep: list[dict[str, Any]]):
-        tmp = path.with_name(path.name + TMP_SUFFIX)
-        tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in keep), encoding="utf-8")
-        os.replace(tmp, path)
-        self.entries = list(keep)
-        self._file = open(path, "a", encoding="utf-8")
-
-    @staticmethod
-    def read(path: Path) -> list[dict[str, Any]]:
-        entries = []
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # torn last line of a crashed run; that item is processed again
-        return entries
-
-    def add(self, item: Item, reason: str) -> None:
-        entry = {"index": item.index, "key": item.key, "source": item.source, "split": item.split,
-                 "reason": reason}
-        self._file.write(json.dumps(entry, sort_keys=True) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.entries.append(entry)
-
-    def close(self) -> None:
-        self._file.close()
-
-
 def fingerprint(listing: Listing, cfg: ShardConfig, inputs: dict[str, Any]) -> str:
     """What decides the output bytes: the settings (not workers or timeout) and the listing."""
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "timeout_s")}
@@ -127,7 +94,7 @@ def _open_out(out: Path, run_id: str, overwrite: bool) -> list[dict[str, Any]]:
     """Journal records of an interrupted run of this same command (else []); clears what it must."""
     out.mkdir(parents=True, exist_ok=True)
     journal = out / JOURNAL_NAME
-    records = Journal.read(journal)
+    records = JsonLines.read(journal)
     ours = [p for p in out.iterdir() if _OUR_FILES.match(p.name)]
     if overwrite:
         for p in ours:
@@ -145,31 +112,35 @@ def _open_out(out: Path, run_id: str, overwrite: bool) -> list[dict[str, Any]]:
     return records
 
 
-def _verified(records: list[dict[str, Any]], out: Path) -> tuple[dict[str, list[dict]], dict[str, Cursor]]:
-    """Per split: the finished shards whose files still match the journal, and the resume cursor.
+def _verified(records: list[dict[str, Any]], out: Path
+              ) -> tuple[list[dict], dict[str, list[dict]], dict[str, Cursor]]:
+    """The journal records still true, and per split: its finished shards and its resume cursor.
 
     A missing or altered shard ends its split's valid prefix; it and every later shard of that
     split are written again. Shard files the journal does not vouch for are deleted.
     """
+    kept: list[dict] = []
     done: dict[str, list[dict]] = {}
     cursor: dict[str, Cursor] = {}
     broken: set[str] = set()
     for rec in records:
         split = rec.get("split", "")
-        if rec["event"] == "open":
-            cursor.setdefault(split, tuple(rec["start"]))
-        elif rec["event"] == "done" and split not in broken:
+        if rec["event"] == "done":
             path = out / rec["name"]
-            if path.is_file() and path.stat().st_size == rec["bytes"] and sha256_file(path) == rec["sha256"]:
-                done.setdefault(split, []).append(rec)
-                cursor[split] = tuple(rec["end"])
-            else:
+            if split in broken or not (path.is_file() and path.stat().st_size == rec["bytes"]
+                                       and sha256_file(path) == rec["sha256"]):
                 broken.add(split)
-    kept = {rec["name"] for recs in done.values() for rec in recs}
+                continue
+            done.setdefault(split, []).append(rec)
+            cursor[split] = tuple(rec["end"])
+        elif rec["event"] == "open":
+            cursor.setdefault(split, tuple(rec["start"]))
+        kept.append(rec)
+    names = {rec["name"] for recs in done.values() for rec in recs}
     for p in out.glob("*.tar"):
-        if _OUR_FILES.match(p.name) and p.name not in kept:
+        if _OUR_FILES.match(p.name) and p.name not in names:
             p.unlink()
-    return done, cursor
+    return kept, done, cursor
 
 
 def _write_manifest(out: Path, listing: Listing, shards: list[dict[str, Any]], quarantined: int,
@@ -198,7 +169,7 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
     inputs = inputs or {}
     run_id = fingerprint(listing, cfg, inputs)
     records = _open_out(out, run_id, overwrite)
-    done, cursor = _verified(records, out)
+    kept, done, cursor = _verified(records, out)
     restart = min((c[0] for c in cursor.values()), default=0)
 
     def resume_at(split: str) -> Cursor:
@@ -207,11 +178,9 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
 
     items = listing.items
     settled = sum(1 for it in items if it.index < resume_at(it.split)[0])
-    quarantine = Quarantine(out / QUARANTINE_NAME, [e for e in Quarantine.read(out / QUARANTINE_NAME)
-                                                     if e["index"] < resume_at(e["split"])[0]])
-    journal = Journal(out / JOURNAL_NAME)
-    if not records:
-        journal.append({"event": "start", "fingerprint": run_id, "items": len(items)})
+    quarantine = JsonLines(out / QUARANTINE_NAME, [e for e in JsonLines.read(out / QUARANTINE_NAME)
+                                                    if e["index"] < resume_at(e["split"])[0]])
+    journal = JsonLines(out / JOURNAL_NAME, kept or [{"event": "start", "fingerprint": run_id, "items": len(items)}])
     max_bytes = int(cfg.shard_size_mb * 1e6)
     writers = {split: SplitWriter(out, split, max_bytes, cfg.max_samples_per_shard, journal, recs)
                for split, recs in done.items()}
@@ -232,7 +201,8 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
         dup = next((s.key for _, s in fresh if s.key in seen), None)
         reason = outcome.reason or (f"duplicate key {dup} (already written)" if dup else "")
         if reason:
-            quarantine.add(item, reason)
+            quarantine.append({"index": item.index, "key": item.key, "source": item.source,
+                               "split": item.split, "reason": reason})
             return
         if item.split not in writers:
             writers[item.split] = SplitWriter(out, item.split, max_bytes, cfg.max_samples_per_shard, journal)
@@ -260,8 +230,8 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
         journal.close()
         quarantine.close()
     manifest = _write_manifest(out, listing, [r for w in writers.values() for r in w.done],
-                               len(quarantine.entries), cfg, list(command or []), inputs)
-    reasons = Counter(re.split(r" \(|: ", e["reason"])[0] for e in quarantine.entries)
+                               len(quarantine.records), cfg, list(command or []), inputs)
+    reasons = Counter(re.split(r" \(|: ", e["reason"])[0] for e in quarantine.records)
     return Summary(items=len(items), skipped=settled, samples=manifest.totals["samples"],
                    shards=len(manifest.shards), bytes=manifest.totals["bytes"], quarantined=manifest.quarantined,
                    reasons=reasons, seconds=time.monotonic() - started, processed=len(items) - settled,

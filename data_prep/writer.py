@@ -1,6 +1,6 @@
 """Shard files and the progress journal that makes `vssl shard` resumable.
 
-    journal = Journal(out / JOURNAL_NAME)
+    journal = JsonLines(out / JOURNAL_NAME, keep=[])
     writer = SplitWriter(out, "train", max_bytes=256 << 20, max_samples=1000, journal=journal)
     finished = writer.add(sample, cursor=(item_index, sample_number))   # a record when a shard closed
     writer.finish(end=(num_items, 0))
@@ -10,7 +10,7 @@ recorded in the journal, so a `.tar` name is always a whole shard and a journal 
 names a complete one. Tar headers are fixed (mtime 0, uid/gid 0, mode 0644), so the same samples
 always give the same bytes.
 
-The journal is JSON lines, each fsync'ed before `append` returns:
+The journal is JSON lines (`JsonLines`), each fsync'ed before `append` returns:
     {"event": "start", "fingerprint": ...}         the command and input listing it belongs to
     {"event": "open", "split", "name", "start"}     a shard was started at cursor `start`
     {"event": "done", "split", "name", "start", "end", "samples", "bytes", "sha256", "duration", "keys"}
@@ -44,14 +44,26 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-class Journal:
-    def __init__(self, path: Path):
-        self.path = path
+class JsonLines:
+    """An append-only JSON-lines file (the journal, quarantine.jsonl), each line fsync'ed.
+
+    Opening it rewrites the file atomically with the records to keep, so a line torn by a crash,
+    or records a resumed run drops, never sit in front of new ones.
+    """
+
+    def __init__(self, path: Path, keep: list[dict[str, Any]]):
+        self.path, self.records = path, list(keep)
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in keep)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
         self._file = open(path, "a", encoding="utf-8")
 
     @staticmethod
     def read(path: Path) -> list[dict[str, Any]]:
-        """The records of a journal; a torn last line (a crash mid-write) is dropped."""
+        """The records of a file; reading stops at a torn line (a crash mid-write)."""
         if not path.is_file():
             return []
         records = []
@@ -66,6 +78,7 @@ class Journal:
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
+        self.records.append(record)
 
     def close(self) -> None:
         self._file.close()
@@ -135,7 +148,7 @@ class _ShardFile:
 class SplitWriter:
     """The shards of one split, rolled over by size and sample count, recorded in the journal."""
 
-    def __init__(self, out: Path, split: str, max_bytes: int, max_samples: int, journal: Journal,
+    def __init__(self, out: Path, split: str, max_bytes: int, max_samples: int, journal: JsonLines,
                  done: list[dict[str, Any]] | None = None):
         self.out, self.split, self.journal = out, split, journal
         self.max_bytes, self.max_samples = max_bytes, max_samples

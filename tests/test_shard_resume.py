@@ -80,6 +80,9 @@ def test_sigkilled_run_resumes_to_the_same_bytes(kinetics, reference, tmp_path):
     # a shard boundary inside an item: some shard ends part-way through a video's segments
     assert any(r["event"] == "done" and r["end"][1] > 0 for r in journal)
     (out / "train-000000.tar").write_bytes(b"x" + (out / "train-000000.tar").read_bytes()[1:])  # damaged meanwhile
+    for name in (JOURNAL_NAME, "quarantine.jsonl"):  # lines torn by a crash mid-write
+        with open(out / name, "a") as f:
+            f.write('{"event": "do')
     assert main(_args(kinetics, out, workers=2)) == 0
     _same_dataset(reference, out)
     assert not list(out.glob("*.tmp"))
