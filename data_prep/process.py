@@ -187,7 +187,7 @@ def _sample(item: Item, key: str, mp4: bytes, mode: str, window: tuple[float, fl
         raise VideoError(f"stored clip has {stored.num_frames} frames, expected {expect_frames}")
     extra = {**item.extra, "mode": mode, "codec": stored.codec, "keyframe_interval": stored.keyframe_interval,
              "clip_start": round(window[0], 6), "clip_end": round(window[1], 6),
-             "original_path": item.video.path, "source_codec": source.codec,
+             "original_path": item.extra.get("original_path", item.video.path), "source_codec": source.codec,
              "source_size": [source.width, source.height], "source_fps": round(source.fps, 6),
              "source_frames": source.num_frames}
     meta = SampleMeta(label=item.label, label_name=item.label_name, fps=round(stored.fps, 6),

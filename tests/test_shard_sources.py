@@ -168,7 +168,8 @@ def test_reshard_vssl_and_video2dataset_shards(tmp_path):
     for key, meta in after.items():
         assert (meta["label"], meta["label_name"]) == (before[key]["label"], before[key]["label_name"])
         assert (meta["width"], meta["height"]) == (42, 32) and meta["source"].endswith(f".tar#{key}")
-        assert meta["extra"]["original_path"].endswith(".tar")
+        assert meta["extra"]["original_path"] == before[key]["extra"]["original_path"]  # the raw file
+        assert meta["extra"]["mode"] == "transcode" and before[key]["extra"]["mode"] == "copy"
     assert read_manifest(tmp_path / "second").classes == ["a", "b"]
 
     _v2d_tar(tmp_path / "v2d-00000.tar", (tmp_path / "in" / "a" / "0.mp4").read_bytes())

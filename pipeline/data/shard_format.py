@@ -24,9 +24,10 @@ No member is ever pickled, and readers never unpickle (no `.pyd`/`.pickle` decod
 `vssl shard` fills SampleMeta.extra with: mode ("copy": the source bytes; "remux": the same
 packets in a new MP4 whose index matches its real frame count; "transcode": re-encoded H.264),
 codec, keyframe_interval (longest run of frames between keyframes), clip_start / clip_end
-(seconds of the source the sample covers), original_path, source_codec, source_size [w, h],
-source_fps, source_frames, plus what the listing knew (e.g. youtube_id, time_start, time_end;
-SSv2 label/template/placeholders; a re-sharded video2dataset sample's source_json / caption).
+(seconds of the source the sample covers), original_path (the raw video file, kept through
+re-sharding), source_codec, source_size [w, h], source_fps, source_frames, plus what the
+listing knew (e.g. youtube_id, time_start, time_end; SSv2 label/template/placeholders; a
+re-sharded video2dataset sample's source_json / caption).
 num_frames is always the count of frames really in the stored video, never a header's claim.
 
 manifest.json (format_version 1):
