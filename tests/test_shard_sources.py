@@ -7,9 +7,11 @@ import json
 import pickle
 import tarfile
 
+import numpy as np
 import pytest
 
 from data_prep.probe import probe
+from data_prep.annotations import npz_bytes
 from data_prep.listing import list_inputs
 from data_prep.sources import ListingError
 from pipeline.cli import main
@@ -85,6 +87,29 @@ def test_kinetics_csv_missing_column_is_one_line_error(tmp_path, capsys):
     assert main(["shard", str(csv), "--root", str(tmp_path / "k"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing column 'time_end'" in err
+
+
+def test_synth_layout_end_to_end_through_the_cli(tmp_path, capsys):
+    """`vssl synth`'s layout: videos/<split>/<class>/<id>_000000_<end>.mp4 + sidecars, kinetics.csv, classes.txt."""
+    root = tmp_path / "synth"
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for n, (split, cls) in enumerate([("train", "circle"), ("train", "square"), ("val", "circle")]):
+        stem = root / "videos" / split / cls / f"syn{n:05d}_000000_000001"
+        video(stem.with_suffix(".mp4"), frames=16, seed=n)
+        (stem.parent / f"{stem.name}.boxes.json").write_text(json.dumps({"format": "xyxy", "boxes": [[1, 2, 3, 4]] * 16}))
+        (stem.parent / f"{stem.name}.masks.npz").write_bytes(npz_bytes(masks=np.full((16, 48, 64), n, np.uint8)))
+        rows.append(f"{cls},syn{n:05d},0,1,{split}")
+    (root / "kinetics.csv").write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("square\ncircle\n")
+    out = tmp_path / "shards"
+    assert main(["shard", str(root / "kinetics.csv"), "--root", str(root / "videos"), "--classes",
+                 str(root / "classes.txt"), "--out", str(out), "--no-progress"]) == 0
+    assert "3 inputs -> 3 samples in 2 shards" in capsys.readouterr().out
+    samples = read_samples(out)
+    assert {k: json.loads(v["json"])["label"] for k, v in samples.items()} == {
+        "syn00000_000000_000001": 1, "syn00001_000000_000001": 0, "syn00002_000000_000001": 1}
+    assert all(set(v) == {"mp4", "json", "boxes.json", "masks.npz"} for v in samples.values())
+    assert main(["inspect", str(out), "--decode"]) == 0
 
 
 def test_ssv2_json_with_labels_and_webm(tmp_path):
