@@ -24,7 +24,6 @@ of the run is recorded (a crash at the worst moment, without any cleanup).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -86,7 +85,7 @@ def fingerprint(listing: Listing, cfg: ShardConfig, inputs: dict[str, Any]) -> s
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "timeout_s")}
     h = hashlib.sha256(json.dumps([settings, inputs, listing.classes], sort_keys=True).encode())
     for item in listing.items:
-        h.update(json.dumps(dataclasses.asdict(item), sort_keys=True, default=str).encode())
+        h.update(repr(item).encode())  # dataclass repr: every field, in a fixed order
     return h.hexdigest()
 
 
