@@ -51,8 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ShardConfig()
     for name, (flag, help_text) in _CONFIG_FLAGS.items():
         default = getattr(defaults, name)
-        parser.add_argument(flag, dest=name, type=type(default), default=None, metavar=flag[2:].upper().replace("-", "_"),
-                            help=f"{help_text} (default: {default})")
+        parser.add_argument(flag, dest=name, type=type(default), default=None,
+                            metavar=flag[2:].upper().replace("-", "_"), help=f"{help_text} (default: {default})")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT's shard files first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
