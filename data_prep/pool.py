@@ -1,7 +1,7 @@
 """An ordered map over worker processes that can be killed: a per-task time bound that holds.
 
     from data_prep.pool import KillablePool, TaskFailed
-    with KillablePool(process_item, workers=2, timeout_s=60, args=(settings,)) as pool:
+    with KillablePool(process_item, workers=2, timeout_s=60, args=(cfg, faults)) as pool:
         for task, result in pool.map(items):        # in the order of `items`
             if isinstance(result, TaskFailed): print(result.reason)
 
