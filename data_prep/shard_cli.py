@@ -34,7 +34,8 @@ _CONFIG_FLAGS = {
     "gop": ("--gop", "keyframe interval of re-encoded video"),
     "crf": ("--crf", "x264 quality (0-51, lower is better)"),
     "preset": ("--preset", "x264 preset"),
-    "segment_s": ("--segment-s", "cut every clip into consecutive segments of this many seconds"),
+    "segment_s": ("--segment-s", "cut every clip into consecutive segments of this many seconds "
+                                 "(a shorter tail is dropped)"),
 }
 
 
