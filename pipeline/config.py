@@ -274,6 +274,8 @@ class ObjectiveConfig:
     decoder_heads: int = 3
     norm_pix_loss: bool = True
     decoder_mask_ratio: float = 0.0  # >0: running-cell decoder masking (VideoMAE v2)
+    guided_masking: str = "none"  # none | motion: keep high-motion tubes visible (objectives/guided_masking.py)
+    guide_strength: float = 2.0
     # next-frame predictive
     predict_steps: int = 1  # tubelet time steps predicted after the context
     latent_target: bool = False  # also predict an EMA target encoder's latents
@@ -287,6 +289,8 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.name: must be videomae or predictive, got {self.name!r}")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ConfigError(f"objective.decoder_mask_ratio: must be in [0, 1), got {self.decoder_mask_ratio}")
+        if self.guided_masking not in ("none", "motion"):
+            raise ConfigError(f"objective.guided_masking: must be none or motion, got {self.guided_masking!r}")
         if self.predict_steps < 1:
             raise ConfigError(f"objective.predict_steps: must be >= 1, got {self.predict_steps}")
         if not 0.0 <= self.ema_momentum <= 1.0:

@@ -21,10 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
-from pipeline.models.base import VideoBackbone, restore_order
+from pipeline.models.base import VideoBackbone, is_tube_mask
 from pipeline.objectives.common import (init_weights, normalize_patches, patchify, picture_rows, sincos_pos_embed,
                                         to_uint8_frames, transformer, unpatchify)
 from pipeline.data.masking import running_cell_mask
+from pipeline.objectives.guided_masking import guided_tube_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,6 +85,12 @@ class VideoMAE(nn.Module):
 
     def forward(self, batch: dict) -> tuple[Tensor, dict]:
         video, mask = batch["video"], batch["mask"]
+        if self.cfg.guided_masking == "motion":
+            grid = self.encoder.token_grid(*video.shape[2:])
+            if not is_tube_mask(mask, grid):
+                raise ValueError("objective.guided_masking=motion: needs data.mask_type=tube")
+            num_visible = int((~mask[0]).sum()) // grid[0]
+            mask = guided_tube_mask(video, self.encoder.patch_size, num_visible, self.cfg.guide_strength)
         loss, logs, _ = self.reconstruct(video, mask)
         return loss, logs
 

@@ -1,0 +1,126 @@
+"""Objectives: targets, decoders on both mask modes, causality, precision weighting, guided masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import ObjectiveConfig
+from pipeline.data.masking import tube_mask
+from pipeline.models import create_model
+from pipeline.objectives.common import gaussian_nll, normalize_patches, patchify, unpatchify
+from pipeline.objectives.guided_masking import guided_tube_mask
+from pipeline.objectives.predictive import NextFramePredictive, causal_time_mask
+from pipeline.objectives.videomae import VideoMAE
+
+TINY = dict(embed_dim=32, depth=1, num_heads=2, patch_size=(2, 8, 8), num_frames=8, img_size=32)
+DEC = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2)
+
+
+def _mask(encoder, batch=2, ratio=0.75, seed=0):
+    grid = encoder.token_grid(encoder.num_frames, encoder.img_size, encoder.img_size)
+    return tube_mask(batch, grid, ratio, torch.Generator().manual_seed(seed))
+
+
+def test_patchify_roundtrip_and_normalisation():
+    video = torch.randn(2, 3, 8, 32, 32)
+    patches = patchify(video, (2, 8, 8))
+    assert patches.shape == (2, 4 * 4 * 4, 2 * 8 * 8 * 3)
+    assert torch.equal(unpatchify(patches, (2, 8, 8), (4, 4, 4), 3), video)
+    normed, _, _ = normalize_patches(patches, 3)
+    per_channel = normed.reshape(2, 64, -1, 3)
+    torch.testing.assert_close(per_channel.mean(2), torch.zeros(2, 64, 3), atol=1e-5, rtol=0)
+
+
+def test_videomae_predicts_only_hidden_tubelets_and_learns():
+    torch.manual_seed(0)
+    encoder = create_model("vit_tiny_joint", **TINY)
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC))
+    video, mask = torch.randn(2, 3, 8, 32, 32), _mask(encoder)
+    loss, _, full = obj.reconstruct(video, mask)
+    assert (full[~mask] == 0).all() and (full[mask] != 0).any()
+    opt = torch.optim.AdamW(obj.parameters(), lr=3e-3)
+    first = float(loss)
+    for _ in range(30):
+        loss, _ = obj({"video": video, "mask": mask})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.7 * first
+    assert obj.visualize({"video": video, "mask": mask}).shape[2] == 3
+
+
+def test_decoder_masking_reconstructs_a_fixed_share_of_hidden_tokens():
+    encoder = create_model("vit_tiny_joint", **TINY)
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC, decoder_mask_ratio=0.5))
+    video, mask = torch.randn(2, 3, 8, 32, 32), _mask(encoder)
+    out = encoder(video, mask)
+    pred, ids = obj._decode_visible_only(out.tokens, mask, encoder.token_grid(8, 32, 32))
+    hidden = int(mask[0].sum())
+    assert pred.shape[1] == ids.shape[1] == round(0.5 * hidden)
+    assert mask.gather(1, ids).all()  # only hidden positions are reconstructed
+
+
+@pytest.mark.parametrize("name", ["mvit_tiny", "swin3d_tiny"])
+def test_videomae_on_mask_token_backbones(name):
+    encoder = create_model(name, num_frames=8, img_size=64)
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC))
+    grid = encoder.token_grid(8, 64, 64)
+    mask = tube_mask(2, grid, 0.75, torch.Generator().manual_seed(0))
+    loss, _ = obj({"video": torch.randn(2, 3, 8, 64, 64), "mask": mask})
+    loss.backward()
+    assert torch.isfinite(loss) and encoder.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_causal_mask_and_no_peeking_at_the_future():
+    allowed = causal_time_mask(torch.tensor([0, 0, 1, 2])) == 0
+    assert allowed.tolist() == [[True, True, False, False], [True, True, False, False],
+                                [True, True, True, False], [True, True, True, True]]
+    torch.manual_seed(0)
+    obj = NextFramePredictive(create_model("vit_tiny_joint", **TINY), ObjectiveConfig(**DEC, predict_steps=1)).eval()
+    video = torch.randn(1, 3, 8, 32, 32)
+    changed = video.clone()
+    changed[:, :, -2:] += 1.0  # only the predicted future differs
+    a, b = obj.predict(video), obj.predict(changed)
+    torch.testing.assert_close(a["pred"], b["pred"])
+    assert not torch.allclose(a["err2"], b["err2"])
+
+
+def test_precision_weighting_is_a_gaussian_nll():
+    err2 = torch.tensor([0.25, 4.0])
+    s = torch.linspace(-5, 5, 2001)[:, None]
+    best = s[gaussian_nll(err2, s).argmin(0), 0]
+    torch.testing.assert_close(best, -torch.log(err2), atol=0.01, rtol=0)  # optimum precision = 1/err^2
+
+
+def test_predictive_learns_and_ema_target_follows():
+    torch.manual_seed(0)
+    obj = NextFramePredictive(create_model("vit_tiny_joint", **TINY),
+                              ObjectiveConfig(**DEC, latent_target=True, ema_momentum=0.5))
+    video = torch.randn(2, 3, 8, 32, 32)
+    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss, logs = obj({"video": video})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] and "latent_mse" in logs
+    gap = sum((t - s).abs().sum() for t, s in zip(obj.target_encoder.parameters(), obj.encoder.parameters()))
+    assert 0 < float(gap) < sum(p.abs().sum() for p in obj.encoder.parameters())
+    assert obj.visualize({"video": video}).ndim == 3
+
+
+def test_motion_guided_mask_keeps_moving_tubes_visible():
+    video = torch.zeros(64, 3, 8, 32, 32)
+    video[:, :, 1::2, :16, :16] = 1.0  # only the top-left quadrant flickers
+    mask = guided_tube_mask(video, (2, 8, 8), num_visible=4, strength=5.0)
+    grid = (4, 4, 4)
+    spatial = mask.view(64, 4, 16)
+    assert (spatial == spatial[:, :1]).all()  # a tube mask
+    assert ((~mask).view(64, *grid).sum((1, 2, 3)) == 4 * 4).all()  # visible count unchanged
+    quadrant = (~spatial[:, 0]).view(64, 4, 4)[:, :2, :2].sum()
+    assert quadrant / (64 * 4) > 0.8  # uniform would give 0.25
+    uniform = guided_tube_mask(video, (2, 8, 8), num_visible=4, strength=0.0)
+    assert (~uniform.view(64, 4, 16)[:, 0]).view(64, 4, 4)[:, :2, :2].sum() / (64 * 4) < 0.5
