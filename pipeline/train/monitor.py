@@ -15,12 +15,14 @@ import hashlib
 import importlib.metadata
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import PretrainConfig, to_dict
+
+# dense bf16 peak FLOP/s of accelerators whose name contains the key (vendor datasheets)
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "4090": 165e12}
 
 VERSIONED = ("vssl", "torch", "torchvision", "timm", "accelerate", "webdataset", "decord", "av", "deepspeed")
 
@@ -47,6 +49,20 @@ def manifest_hash(shards: str) -> str | None:
     return None
 
 
+def peak_flops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_BF16.items() if k in device_name), None)
+
+
+def train_flops_per_clip(module, batch: dict) -> float:
+    """Model FLOPs of one training step per clip: 3x the measured forward (backward ~ 2x forward)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(batch)
+    return 3.0 * counter.get_total_flops() / batch["video"].shape[0]
+
+
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep only records up to `last_step` (a resumed run rewrites what came after)."""
     if not path.is_file():
@@ -62,7 +78,8 @@ class Monitor:
         self.main = acc.is_main_process
         self.out = Path(cfg.train.output_dir)
         self.writer = self.bar = None
-        self.t_last = time.perf_counter()
+        self.peak = None
+        self.flops_per_clip = None
         if not self.main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +90,10 @@ class Monitor:
                 "manifest_sha256": manifest_hash(dc.shards), "versions": package_versions(),
                 "argv": sys.argv, "resumed_from": resumed_from or None}
         (self.out / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        import torch
+
+        if torch.cuda.is_available():
+            self.peak = peak_flops(torch.cuda.get_device_name(0))
         self.metrics_path = self.out / "metrics.jsonl"
         truncate_metrics(self.metrics_path, resumed_from)
         self.metrics = open(self.metrics_path, "a")
@@ -99,6 +120,10 @@ class Monitor:
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "clips_per_s": clips / max(step_time, 1e-9), "data_wait": data_wait / max(step_time, 1e-9),
                   **{k: float(v) for k, v in logs.items() if np.ndim(v) == 0}}
+        if self.peak is not None:  # MFU only where the hardware peak is known
+            if self.flops_per_clip is None:
+                self.flops_per_clip = train_flops_per_clip(self.acc.unwrap_model(model), batch)
+            record["mfu"] = record["clips_per_s"] * self.flops_per_clip / (self.peak * self.acc.num_processes)
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
         if self.writer is not None:
