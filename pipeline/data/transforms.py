@@ -20,7 +20,7 @@ as torchvision's RandAugment does not move boxes or masks). Crops:
 Evaluation: short side resized to crop_size, then `eval_crops` deterministic square views spread
 along the long side (1: centre; 3: start/centre/end). Boxes that leave the view become NaN rows.
 Randomness comes from the torch RNG seeded per call with `seed` (the caller's RNG is restored).
-Normalisation happens once per batch in `normalize_into`.
+Normalisation happens once per batch, in place, in `normalize_`.
 """
 
 from __future__ import annotations
@@ -155,10 +155,8 @@ class ClipTransform:
         return out
 
 
-def normalize_into(out: Tensor, clips: list[Tensor], mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """Write uint8 clips (T, C, H, W) into `out` (n, C, T, H, W) float, normalised in place."""
-    for i, clip in enumerate(clips):
-        out[i].copy_(clip.permute(1, 0, 2, 3))
+def normalize_(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """In place: float video (n, C, T, H, W) with values in [0, 255] -> (x / 255 - mean) / std."""
     scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, -1, 1, 1, 1)
     bias = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, -1, 1, 1, 1)
-    return out.mul_(scale).add_(bias)
+    return video.mul_(scale).add_(bias)
