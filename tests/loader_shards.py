@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,8 @@ from pipeline.data.shard_format import Manifest, SampleMeta, ShardEntry, sha256_
 from tests.videos import moving_frames
 
 
-def sample_key(split: str, shard: int, index: int) -> str:
-    return f"{split}_{shard:02d}_{index:03d}"
+def sample_key(split: str, shard: int, index: int, prefix: str = "") -> str:
+    return f"{prefix}{split}_{shard:02d}_{index:03d}"
 
 
 def sample_members(key: str, label: int, frames: np.ndarray, split: str = "train",
@@ -56,21 +57,27 @@ def square_annotations(frames: np.ndarray) -> tuple[list, np.ndarray]:
 
 
 def write_shards(folder: Path, sizes: list[int], split: str = "train", num_frames: int = 8, size: int = 32,
-                 annotate: bool = False, manifest: bool = True, overrides: dict | None = None) -> list[str]:
+                 annotate: bool = False, manifest: bool = True, overrides: dict | None = None,
+                 key_prefix: str = "") -> list[str]:
     """Write shards of the given sample counts (+ manifest.json); returns all sample keys.
 
-    `overrides` maps a key to replacement members (e.g. {"k": {"json": b"{"}}) to plant bad samples."""
+    `overrides` maps a key to replacement members (e.g. {"k": {"json": b"{"}}; None drops a member)
+    to plant bad samples."""
     folder.mkdir(parents=True, exist_ok=True)
     keys, entries = [], []
     for s, count in enumerate(sizes):
         path = folder / shard_name(split, s)
         with wds.TarWriter(str(path)) as sink:
             for i in range(count):
-                key = sample_key(split, s, i)
-                seed = hash((split, s, i)) % 10_000
+                key = sample_key(split, s, i, key_prefix)
+                seed = zlib.crc32(key.encode())
                 frames = square_frames(num_frames, size, seed) if annotate else moving_frames(num_frames, size, size, seed)
                 members = sample_members(key, (s * 31 + i) % 5, frames, split, annotate)
-                members.update((overrides or {}).get(key, {}))
+                for ext, value in (overrides or {}).get(key, {}).items():
+                    if value is None:
+                        members.pop(ext)
+                    else:
+                        members[ext] = value
                 sink.write(members)
                 keys.append(key)
         entries.append(ShardEntry(path.name, split, count, path.stat().st_size, sha256_file(path)))
