@@ -186,7 +186,7 @@ def clip_loader(folder: Path, size: int, clips: int, repeat: int = 1, timeout: f
 
 
 def run(quick: bool) -> dict:
-    size, crop, videos, clips, rounds = (128, 112, 24, 320, 2) if quick else (224, 224, 48, 960, 3)
+    size, crop, videos, clips, rounds = (128, 112, 24, 320, 2) if quick else (224, 224, 48, 640, 3)
     keys = lambda b: len(b["key"])  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_dataset(Path(tmp), videos, size)

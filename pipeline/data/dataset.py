@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipeline.data.batch_ring import BatchRing
 from pipeline.data.decode import DecodeError
 from pipeline.data.decode_process import keep_freed_memory, make_decoder
 from pipeline.data.masking import make_masker, running_cell_mask
@@ -106,6 +107,8 @@ def _read_boxes(data: bytes, key: str) -> np.ndarray:
         if obj.get("format") != "xyxy":
             raise ValueError(f"format {obj.get('format')!r}, want 'xyxy'")
         rows = [[np.nan] * 4 if b is None else [float(v) for v in b] for b in obj["boxes"]]
+        if any(len(r) != 4 for r in rows):
+            raise ValueError("every box needs 4 numbers (or null)")
         boxes = np.asarray(rows, dtype=np.float32).reshape(-1, 4)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise SkipSample("bad_annotation", f"{key}.{BOXES_EXT}: {e.__class__.__name__}: {e}") from None
@@ -124,11 +127,13 @@ def _read_masks(data: bytes, key: str) -> np.ndarray:
 
 
 class ClipDataset(IterableDataset):
-    def __init__(self, plan_spec: PlanSpec, batch_spec: BatchSpec, rank: int, world_size: int):
+    def __init__(self, plan_spec: PlanSpec, batch_spec: BatchSpec, rank: int, world_size: int,
+                 ring_slots: int = 4):
         super().__init__()
         self.plan_spec, self.batch_spec = plan_spec, batch_spec
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.ring_slots = rank, world_size, ring_slots
         self.epoch, self.start_batch = 0, 0
+        self.released: torch.Tensor | None = None  # set by the loader when it runs workers
 
     def plan(self) -> EpochPlan:
         return EpochPlan(self.plan_spec, self.epoch, self.rank, self.world_size)
@@ -136,8 +141,10 @@ class ClipDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        ring = None
         if info is not None:
             keep_freed_memory()
+            ring = BatchRing(self.released, worker, self.ring_slots)
         spec, streams = self.batch_spec, self.plan_spec.streams
         plan = self.plan()
         decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
@@ -151,7 +158,8 @@ class ClipDataset(IterableDataset):
                 if v not in readers:
                     readers[v] = StreamReader(plan.stream(v), len(range(v, self.start_batch, streams)))
                 raws = readers[v].take_batch(j // streams)
-                yield self._batch(raws, readers[v].plan.seed, plan.mask_seed(j), decoder, transform, masker)
+                yield self._batch(raws, readers[v].plan.seed, plan.mask_seed(j), decoder, transform, masker,
+                                  ring, worker)
         finally:
             decoder.close()
             for reader in readers.values():
@@ -189,11 +197,12 @@ class ClipDataset(IterableDataset):
         return meta, views
 
     def _batch(self, raws: list[RawSample], stream_seed: int, mask_seed: int, decoder,
-               transform: ClipTransform, masker) -> tuple[dict, dict]:
+               transform: ClipTransform, masker, ring: BatchRing | None, worker: int) -> tuple[dict, dict]:
         spec = self.batch_spec
         size, frames = spec.transform.crop_size, spec.sampling.num_frames
-        capacity = len(raws) * spec.clips_per_sample
-        video = _batch_tensor((capacity, 3, frames, size, size))  # uint8: the loader normalises
+        shape = (len(raws) * spec.clips_per_sample, 3, frames, size, size)
+        # uint8: the loader turns it into normalised float in the main process
+        video, slot = ring.buffer(shape) if ring is not None else (torch.empty(shape, dtype=torch.uint8), 0)
         labels, keys, boxes, masks = [], [], [], []
         skipped: Counter = Counter()
         decoded = 0
@@ -212,8 +221,7 @@ class ClipDataset(IterableDataset):
                 boxes.append(clip_boxes)
                 masks.append(clip_masks)
         n = len(keys)
-        if n < capacity:
-            video = _batch_tensor(video.shape[1:], n).copy_(video[:n])
+        video = video[:n]
         generator = torch.Generator().manual_seed(mask_seed)
         batch = {"video": video, "label": torch.tensor(labels, dtype=torch.long), "key": keys,
                  "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample}
@@ -225,18 +233,7 @@ class ClipDataset(IterableDataset):
         if any(m is not None for m in masks):
             ignore = torch.full((frames, size, size), MASK_IGNORE, dtype=torch.uint8)
             batch["masks"] = torch.stack([ignore if m is None else m for m in masks])
-        return batch, {"samples": decoded, "clips": n, "skipped": dict(skipped)}
-
-
-def _batch_tensor(shape: tuple, rows: int | None = None) -> torch.Tensor:
-    """An empty uint8 tensor; in a DataLoader worker, in shared memory from the start so handing
-    it to the main process costs no copy (as torch's default_collate does)."""
-    shape = tuple(shape) if rows is None else (rows, *shape)
-    empty = torch.empty(0, dtype=torch.uint8)
-    if get_worker_info() is None:
-        return empty.new_empty(shape)
-    storage = empty._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")
-    return empty.new(storage).view(shape)
+        return batch, {"samples": decoded, "clips": n, "skipped": dict(skipped), "worker": worker, "slot": slot}
 
 
 def _frames_of(annotation: np.ndarray | None, ids: np.ndarray, key: str, ext: str) -> torch.Tensor | None:

@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.config import ConfigError, DataConfig
+from pipeline.data.batch_ring import new_release_counters
 from pipeline.data.dataset import BatchSpec, ClipDataset
 from pipeline.data.decode import check_decoder
 from pipeline.data.masking import make_masker
@@ -69,6 +70,8 @@ class ClipLoader:
     def __iter__(self):
         total = len(self)
         self.dataset.epoch, self.dataset.start_batch = self.epoch, self.batches_done
+        released = self.dataset.released = new_release_counters(self.num_workers)
+        held: dict[tuple[int, int], torch.Tensor] = {}  # keeps each ring slot mapped in this process
         if self.num_workers > 0:
             source = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                      prefetch_factor=self.prefetch_factor))
@@ -84,7 +87,9 @@ class ClipLoader:
                     batch, events = next(source)
                 except StopIteration:
                     raise RuntimeError(f"data: workers stopped after {self.batches_done} of {total} batches") from None
+                held[events["worker"], events["slot"]] = batch["video"]
                 batch["video"] = to_normalized_float(batch["video"], spec.mean, spec.std, pinned)
+                released[events["worker"]] += 1
                 self._wait_s += time.perf_counter() - t0
                 self.batches_done += 1
                 self._counts.update(batches=1, samples=events["samples"], clips=events["clips"])
@@ -166,7 +171,9 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
             make_masker(cfg.decoder_mask_type, cfg.decoder_mask_ratio, grid)
     except ValueError as e:
         raise ConfigError(f"data.mask_type: {e}") from None
-    loader = ClipLoader(ClipDataset(plan_spec, batch_spec, rank, world_size), cfg.num_workers, cfg.prefetch_factor)
+    # prefetch_factor batches per worker are in flight; two more ring slots keep workers from waiting
+    dataset = ClipDataset(plan_spec, batch_spec, rank, world_size, ring_slots=cfg.prefetch_factor + 2)
+    loader = ClipLoader(dataset, cfg.num_workers, cfg.prefetch_factor)
     if len(loader) == 0:
         total = loader.dataset.plan().total_samples
         raise ConfigError(f"data.batch_size: {total} samples of split {split!r} make no batch of "
