@@ -237,7 +237,7 @@ class DataConfig:
     batch_size: int = 8
     num_workers: int = 2
     streams_per_rank: int = 0  # 0 = max(1, num_workers); set it to resume with another worker count
-    prefetch_factor: int = 2
+    prefetch_factor: int = 2  # batches in flight per worker
     shuffle: bool = True
     shuffle_buffer: int = 256  # samples held per rank, shared by its streams
     drop_last: bool = True  # False: the last batches wrap around to the epoch's first samples

@@ -14,6 +14,9 @@ A sample that cannot be used is skipped and counted by reason (bad_json, missing
 bad_annotation, decode_error, decode_timeout, decoder_crashed, truncated_shard, shard_short, ...),
 its key logged; the batch keeps its place in the schedule and is smaller by that sample, so every
 rank still yields the same number of batches (a batch whose every sample failed has zero clips).
+
+Clips leave a worker as uint8 in a reusable shared buffer (batch_ring.py); the main process
+normalises them (loader.py).
 """
 
 from __future__ import annotations
@@ -135,8 +138,8 @@ class ClipDataset(IterableDataset):
         self.epoch, self.start_batch = 0, 0
         self.released: torch.Tensor | None = None  # set by the loader when it runs workers
 
-    def plan(self) -> EpochPlan:
-        return EpochPlan(self.plan_spec, self.epoch, self.rank, self.world_size)
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return EpochPlan(self.plan_spec, self.epoch if epoch is None else epoch, self.rank, self.world_size)
 
     def __iter__(self):
         info = get_worker_info()

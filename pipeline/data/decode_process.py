@@ -94,6 +94,9 @@ class IsolatedDecoder:
         self.decoder, self.sampling, self.timeout_s = decoder, sampling, timeout_s
         self._proc: subprocess.Popen | None = None
         self._uses = 0
+        if not hasattr(os, "memfd_create"):
+            raise RuntimeError("data.decode_timeout_s > 0 decodes in a helper process, which needs Linux; "
+                               "set data.decode_timeout_s=0 here")
         self._shm_fd = os.memfd_create("vssl-decode")
         os.ftruncate(self._shm_fd, 2 * _REGION)
         self._shm = mmap.mmap(self._shm_fd, 2 * _REGION)
@@ -110,8 +113,9 @@ class IsolatedDecoder:
         try:
             self._receive(time.monotonic() + _STARTUP_TIMEOUT_S)  # the "ready" message
         except (TimeoutError, EOFError):
-            self._kill()
-            raise DecodeError("decoder_crashed", "decode helper did not start") from None
+            self._kill()  # a broken environment, not a bad sample: stop rather than skip everything
+            raise RuntimeError("data: the decode helper process did not start (its error is above); "
+                               "data.decode_timeout_s=0 decodes in the worker instead") from None
 
     def _receive(self, deadline: float) -> dict:
         (size,) = _HEADER.unpack(_read_exact(self._proc.stdout.fileno(), _HEADER.size, deadline))

@@ -12,7 +12,9 @@ Batch: `video` float (B*k, C, T, H, W) normalised, `label` long (B*k,), `mask` (
 (True = hidden, N = T/pt * H/ph * W/pw), `key` list[str], `clips_per_sample` k, plus
 `decoder_mask` (running cell), `boxes` (B*k, T, 4) XYXY with NaN where the object is absent, and
 `masks` (B*k, T, H, W) uint8 when samples carry annotations. k is data.repeated_samples when
-training, eval_clips * eval_crops when evaluating; a sample's clips are consecutive.
+training, eval_clips * eval_crops when evaluating; a sample's clips are consecutive. Workers hand
+clips over as uint8; this process turns them into normalised float32 (in pinned memory when CUDA
+is available), and stats()["wait_s"] counts that conversion as time waiting for data.
 
 Epochs: every rank yields exactly len(loader) batches (see plan.py for the policy); iterating to
 the end moves to the next epoch; set_epoch(e) jumps to the start of epoch e. Order is a function
@@ -59,8 +61,7 @@ class ClipLoader:
         self._wait_s = self._busy_s = 0.0
 
     def __len__(self) -> int:
-        self.dataset.epoch = self.epoch
-        return self.dataset.plan().batches_per_rank
+        return self.dataset.plan(self.epoch).batches_per_rank
 
     def set_epoch(self, epoch: int) -> None:
         """Start of `epoch` (no-op when already in it, so a resumed mid-epoch position is kept)."""
@@ -137,6 +138,7 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
     """The loader for this rank. train (default: split == "train") picks random clips, crops,
     flips and shuffling; otherwise fixed order, multi-view clips, every sample (padded to equal
     batches by wrapping around)."""
+    cfg.validate()
     train = split == "train" if train is None else train
     try:
         check_decoder(cfg.decoder)
@@ -148,8 +150,6 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
         if value % patch:
             raise ConfigError(f"data.{name}: {value} is not divisible by the patch size {patch}")
     streams = cfg.streams_per_rank or max(1, cfg.num_workers)
-    if cfg.num_workers and streams % cfg.num_workers:
-        raise ConfigError(f"data.num_workers: {cfg.num_workers} must divide data.streams_per_rank {streams}")
     keyed = [("data.shards" if not cfg.sources else f"data.sources[{i}].shards", s)
              for i, s in enumerate(cfg.data_sources())]
     sources = [(list_shards(src.shards, src.manifest, split, key), src.weight) for key, src in keyed]
@@ -165,12 +165,12 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
     batch_spec = BatchSpec(sampling, transform, cfg.decoder, cfg.decode_timeout_s, cfg.mean, cfg.std, grid,
                            cfg.mask_type, cfg.mask_ratio, cfg.mask_block_scale, cfg.mask_block_aspect,
                            cfg.decoder_mask_type, cfg.decoder_mask_ratio)
-    try:  # fail now, not in a worker, on a mask the grid cannot take
-        make_masker(cfg.mask_type, cfg.mask_ratio, grid)
-        if cfg.decoder_mask_type != "none":
-            make_masker(cfg.decoder_mask_type, cfg.decoder_mask_ratio, grid)
-    except ValueError as e:
-        raise ConfigError(f"data.mask_type: {e}") from None
+    for key, mask_type, ratio in (("data.mask_type", cfg.mask_type, cfg.mask_ratio),
+                                  ("data.decoder_mask_type", cfg.decoder_mask_type, cfg.decoder_mask_ratio)):
+        try:  # fail now, not in a worker, on a mask the grid cannot take
+            make_masker(mask_type, ratio, grid)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
     # prefetch_factor batches per worker are in flight; two more ring slots keep workers from waiting
     dataset = ClipDataset(plan_spec, batch_spec, rank, world_size, ring_slots=cfg.prefetch_factor + 2)
     loader = ClipLoader(dataset, cfg.num_workers, cfg.prefetch_factor)
