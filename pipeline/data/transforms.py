@@ -42,7 +42,7 @@ from torchvision.transforms.v2 import functional as F
 CROP_MODES = ("multiscale", "random_resized", "center")
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 # 13 offsets in quarters of the free room (VideoMAE's "more fix crop" positions)
-_FIXED_OFFSETS = ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (0, 2), (4, 2), (2, 0), (2, 4),
+MULTISCALE_OFFSETS = ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (0, 2), (4, 2), (2, 0), (2, 4),
                   (1, 1), (1, 3), (3, 1), (3, 3))
 _GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
@@ -67,7 +67,7 @@ def multiscale_params(height: int, width: int, scales: tuple[float, ...] = MULTI
     sides = [max(1, int(min(height, width) * s)) for s in scales]
     pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= max_distort]
     crop_h, crop_w = pairs[int(torch.randint(len(pairs), ()))]
-    qy, qx = _FIXED_OFFSETS[int(torch.randint(len(_FIXED_OFFSETS), ()))]
+    qy, qx = MULTISCALE_OFFSETS[int(torch.randint(len(MULTISCALE_OFFSETS), ()))]
     return dict(top=(height - crop_h) * qy // 4, left=(width - crop_w) * qx // 4, height=crop_h, width=crop_w)
 
 
