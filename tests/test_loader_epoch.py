@@ -77,11 +77,14 @@ def test_equal_batches_per_rank_with_uneven_shards(uneven):
 
 def test_every_sample_in_evaluation_with_padding(uneven):
     folder, keys = uneven
-    seen = []
+    seen, real = [], []
     for rank in range(2):
         loader = build_loader(config(folder, crop="center"), rank=rank, world_size=2, patch_size=PATCH, train=False)
-        seen += [k for b in run(loader) for k in b["key"]]
+        for b in run(loader):
+            seen += b["key"]
+            real += [k for k, pad in zip(b["key"], b["padded"].tolist()) if not pad]
     assert set(seen) == set(keys) and len(seen) == 24  # 23 samples padded to 2 ranks x 4 batches x 3
+    assert sorted(real) == sorted(keys)  # the padding repeat is marked
 
 
 @pytest.mark.parametrize("workers_before, workers_after, stop", [(2, 2, 3), (0, 2, 1), (2, 1, 4)])

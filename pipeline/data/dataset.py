@@ -161,7 +161,7 @@ class ClipDataset(IterableDataset):
                 if v not in readers:
                     readers[v] = StreamReader(plan.stream(v), len(range(v, self.start_batch, streams)))
                 raws = readers[v].take_batch(j // streams)
-                yield self._batch(raws, readers[v].plan.seed, plan.mask_seed(j), decoder, transform, masker,
+                yield self._batch(raws, readers[v].plan, plan.mask_seed(j), decoder, transform, masker,
                                   ring, worker)
         finally:
             decoder.close()
@@ -199,19 +199,19 @@ class ClipDataset(IterableDataset):
                                    _frames_of(masks, ids, raw.key, MASKS_EXT), seed=mix_seed(seed, 1 + c)))
         return meta, views
 
-    def _batch(self, raws: list[RawSample], stream_seed: int, mask_seed: int, decoder,
+    def _batch(self, raws: list[RawSample], stream: StreamPlan, mask_seed: int, decoder,
                transform: ClipTransform, masker, ring: BatchRing | None, worker: int) -> tuple[dict, dict]:
-        spec = self.batch_spec
+        spec, pad_from = self.batch_spec, stream.pad_from
         size, frames = spec.transform.crop_size, spec.sampling.num_frames
         shape = (len(raws) * spec.clips_per_sample, 3, frames, size, size)
         # uint8: the loader turns it into normalised float in the main process
         video, slot = ring.buffer(shape) if ring is not None else (torch.empty(shape, dtype=torch.uint8), 0)
-        labels, keys, boxes, masks = [], [], [], []
+        labels, keys, boxes, masks, padded = [], [], [], [], []
         skipped: Counter = Counter()
         decoded = 0
         for raw in raws:
             try:
-                meta, views = self._clips(raw, decoder, transform, mix_seed(stream_seed, raw.pos))
+                meta, views = self._clips(raw, decoder, transform, mix_seed(stream.seed, raw.pos))
             except SkipSample as e:
                 skipped[e.reason] += 1
                 log.warning("skipped sample %r of %s (%s): %s", raw.key, raw.shard, e.reason, e.detail)
@@ -221,13 +221,15 @@ class ClipDataset(IterableDataset):
                 video[len(keys)].copy_(clip.permute(1, 0, 2, 3))  # copy now: clip may view decoder memory
                 keys.append(raw.key)
                 labels.append(meta.label)
+                padded.append(pad_from is not None and raw.pos >= pad_from)
                 boxes.append(clip_boxes)
                 masks.append(clip_masks)
         n = len(keys)
         video = video[:n]
         generator = torch.Generator().manual_seed(mask_seed)
         batch = {"video": video, "label": torch.tensor(labels, dtype=torch.long), "key": keys,
-                 "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample}
+                 "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample,
+                 "padded": torch.tensor(padded, dtype=torch.bool)}
         if spec.decoder_mask_type == "running_cell":
             batch["decoder_mask"] = running_cell_mask(n, spec.grid, spec.decoder_mask_ratio, generator)
         if any(b is not None for b in boxes):

@@ -9,7 +9,9 @@
     loader.stats()                                     # samples/s, data wait, skips by reason
 
 Batch: `video` float (B*k, C, T, H, W) normalised, `label` long (B*k,), `mask` (B*k, N) bool
-(True = hidden, N = T/pt * H/ph * W/pw), `key` list[str], `clips_per_sample` k, plus
+(True = hidden, N = T/pt * H/ph * W/pw), `key` list[str], `clips_per_sample` k, `padded` bool
+(B*k,) (True for the repeats that fill an evaluation epoch's last batches; drop them from
+metrics), plus
 `decoder_mask` (running cell), `boxes` (B*k, T, 4) XYXY with NaN where the object is absent, and
 `masks` (B*k, T, H, W) uint8 when samples carry annotations. k is data.repeated_samples when
 training, eval_clips * eval_crops when evaluating; a sample's clips are consecutive. Workers hand

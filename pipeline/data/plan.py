@@ -70,6 +70,7 @@ class StreamPlan:
     order: np.ndarray  # input positions in emission order; batch b = order[b*B:(b+1)*B]
     batch_size: int
     seed: int  # per-sample seeds derive from (seed, input position)
+    pad_from: int | None = None  # input positions from here on repeat the epoch's start (padding)
 
     @property
     def num_batches(self) -> int:
@@ -190,6 +191,7 @@ class EpochPlan:
         emitted = self.stream_batches(index) * size
         buffer = max(1, spec.shuffle_buffer // spec.streams) if spec.shuffle else 1
         rng = self._rng(TAG_BUFFER, self.rank, index)
+        pad_from = None
         if spec.resampled:
             length = emitted + buffer - 1 if emitted else 0
             segments = self._drawn_segments(index, length)
@@ -198,9 +200,11 @@ class EpochPlan:
             begin = self.rank * self.batches_per_rank * size + before
             segments = self._segments(begin, begin + emitted)
             length = emitted
+            if begin + emitted > self.total_samples:
+                pad_from = max(0, self.total_samples - begin)
         order = buffer_shuffle_order(length, buffer, rng, emitted)
         seed = mix_seed(spec.seed, self.epoch, TAG_SAMPLE, self.rank, index)
-        return StreamPlan(index, segments, order, size, seed)
+        return StreamPlan(index, segments, order, size, seed, pad_from)
 
     def mask_seed(self, batch: int) -> int:
         return mix_seed(self.spec.seed, self.epoch, TAG_MASK, self.rank, batch)

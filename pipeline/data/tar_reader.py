@@ -5,9 +5,10 @@
         raw.pos, raw.key, raw.members["mp4"], raw.error
 
 A sample is the group of consecutive members sharing a key (webdataset's `base_plus_ext`). Shards
-are opened with webdataset's `gopen` (paths, `pipe:` commands, URLs) and walked as a tar stream;
-a member is extracted only if its sample is wanted and its extension is one of the shard format's
-(so `.pyd`/`.pickle` members are never even read into memory, let alone unpickled). Samples the
+are opened with webdataset's `gopen` (paths, `pipe:` commands, URLs) and walked as a tar stream
+here rather than with webdataset's tar_file_iterator, which reads every member: a member is
+extracted only if its sample is wanted (resume skips emitted samples unread) and its extension is
+one of the shard format's (so `.pyd`/`.pickle` members are never read, let alone unpickled). Samples the
 segment needs but the shard cannot give come back with `error` set:
 
     shard_unreadable  the shard could not be opened
