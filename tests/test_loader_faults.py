@@ -5,8 +5,6 @@ import os
 import pickle
 import time
 
-import pytest
-
 from pipeline.config import DataConfig
 from pipeline.data.decode_process import SLEEP_KEY_ENV
 from pipeline.data.loader import build_loader
