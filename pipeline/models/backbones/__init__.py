@@ -1,1 +1,3 @@
 """Backbone modules; importing this package registers every model (see pipeline/models/registry.py)."""
+
+from pipeline.models.backbones import vit  # noqa: F401
