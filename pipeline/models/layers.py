@@ -95,7 +95,7 @@ class Block(nn.Module):
             raise ValueError(f"act: must be one of {sorted(ACTIVATIONS)}, got {act!r}")
         self.mixer = mixer
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=ACTIVATIONS[act])
+        self.mlp = Mlp(dim, round(dim * mlp_ratio), act_layer=ACTIVATIONS[act])
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, layout) -> Tensor:
