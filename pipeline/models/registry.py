@@ -44,7 +44,7 @@ def create_model(name: str, **overrides):
     return _REGISTRY[name](**overrides)
 
 
-def test_overrides(name: str) -> dict[str, Any]:
+def generic_test_overrides(name: str) -> dict[str, Any]:
     """The overrides a factory registered for the generic test ({} for most)."""
     _import_backbones()
     return dict(_TEST_OVERRIDES[name])
