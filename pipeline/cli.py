@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "shard": ("data_prep.shard_cli", "raw videos -> WebDataset tar shards + manifest.json"),
     "inspect": ("data_prep.inspect_cli", "verify shards against their manifest; show samples"),
     "quickstart": ("pipeline.quickstart", "run the whole pipeline end to end on synthetic data"),
+    "convert": ("pipeline.models.convert_cli", "import a checkpoint (HF, VideoMAE .pth, timm ViT) as a backbone folder"),
 }
 
 

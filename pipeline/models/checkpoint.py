@@ -87,9 +87,9 @@ def build_model(config: dict, origin: str, **overrides) -> VideoBackbone:
         raise CheckpointError(f"{origin}: cannot build the model ({e.args[0] if e.args else e})") from None
 
 
-def load_checked(model: nn.Module, state: dict[str, Tensor], origin: str, allow_missing: bool = False,
-                 sources: dict[str, str] | None = None) -> list[str]:
-    """Load `state` into `model` after checking every key and shape; returns the keys left missing.
+def load_checked(model: nn.Module, state: dict[str, Tensor], origin: str,
+                 sources: dict[str, str] | None = None) -> None:
+    """Load `state` into `model` after checking that keys and shapes match exactly.
 
     `sources` maps a model key to the checkpoint key(s) it came from, for the error message.
     """
@@ -103,11 +103,9 @@ def load_checked(model: nn.Module, state: dict[str, Tensor], origin: str, allow_
             raise CheckpointError(f"{origin}: shape mismatch for {key}{came_from}: checkpoint "
                                   f"{tuple(value.shape)} vs model {tuple(own[key].shape)}")
     missing = [k for k in own if k not in state]
-    if missing and not allow_missing:
-        raise CheckpointError(f"{origin}: {len(missing)} model key(s) missing from the checkpoint, "
-                              f"e.g. {missing[:3]} (allow_missing keeps their fresh init)")
-    model.load_state_dict(state, strict=False)
-    return missing
+    if missing:
+        raise CheckpointError(f"{origin}: {len(missing)} model key(s) missing from the checkpoint, e.g. {missing[:3]}")
+    model.load_state_dict(state)
 
 
 def load_backbone(path: str | Path, **overrides) -> VideoBackbone:

@@ -2,7 +2,7 @@
 
     vssl convert SRC DST [--num-frames 16] [--img-size 224] [--attention divided] [--inflate average]
     from pipeline.models.convert import import_checkpoint
-    model, report = import_checkpoint("videomae-base-hf/")      # report.unused, .missing, .notes
+    model, report = import_checkpoint("videomae-base-hf/")      # report.unused, report.notes
 
 Formats, detected from the path:
 - Hugging Face folders (config.json + model.safetensors, a safetensors index, or
@@ -17,10 +17,10 @@ Formats, detected from the path:
 
 Guarantees: every source key is mapped, or reported in `unused` when it belongs to a part we do
 not import (heads, decoders, poolers); any other unmapped key is an error, so nothing is dropped
-silently. A shape mismatch names our key and the source key(s). Model keys a format does not
-fill are an error unless allow_missing=True (then listed in `missing`, fresh init kept). Values
-the source lacks by design are filled explicitly and listed in `notes` (VideoMAE has no key
-bias: qkv bias = cat(q_bias, zeros, v_bias); q_bias and v_bias are never replaced by zeros).
+silently. A missing source key is an error naming it, and so is a shape mismatch (naming our key
+and the source key(s)): no weight keeps a fresh init. Values the source lacks by design are
+filled explicitly and listed in `notes` (VideoMAE has no key bias: qkv bias =
+cat(q_bias, zeros, v_bias); q_bias and v_bias are never replaced by zeros).
 """
 
 from __future__ import annotations
@@ -44,13 +44,11 @@ class ImportReport:
     source: str
     format: str
     unused: list[str] = field(default_factory=list)  # source keys not imported (heads, decoders)
-    missing: list[str] = field(default_factory=list)  # model keys left at their fresh init
     notes: list[str] = field(default_factory=list)  # values filled by rule, not copied
 
     def lines(self) -> list[str]:
         out = [f"imported {self.source} ({self.format})"]
         out += [f"  unused: {len(self.unused)} key(s): {', '.join(self.unused)}"] if self.unused else []
-        out += [f"  missing (fresh init): {', '.join(self.missing)}"] if self.missing else []
         return out + [f"  note: {note}" for note in self.notes]
 
 
@@ -112,8 +110,7 @@ class WeightMap:
         return sorted(k for k in self.source if k not in self.used)
 
 
-def finish(wmap: WeightMap, config: dict, fmt: str, ignorable: tuple[str, ...], allow_missing: bool,
-           overrides: dict) -> tuple[VideoBackbone, ImportReport]:
+def finish(wmap: WeightMap, config: dict, fmt: str, ignorable: tuple[str, ...], overrides: dict) -> tuple[VideoBackbone, ImportReport]:
     """Refuse stray source keys, build the model (overrides win), load with checks, report."""
     left = wmap.left()
     stray = [k for k in left if not k.startswith(ignorable)]
@@ -122,8 +119,8 @@ def finish(wmap: WeightMap, config: dict, fmt: str, ignorable: tuple[str, ...], 
                               f"(refusing a partial import), e.g. {stray[:3]}")
     model = build_model(config, wmap.origin, **overrides)
     state = model.remap_state_dict(wmap.out, config)
-    missing = load_checked(model, state, wmap.origin, allow_missing, wmap.sources)
-    return model, ImportReport(wmap.origin, fmt, left, missing, wmap.notes)
+    load_checked(model, state, wmap.origin, wmap.sources)
+    return model, ImportReport(wmap.origin, fmt, left, wmap.notes)
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -162,7 +159,7 @@ def heads_for(width: int, num_heads: int | None, origin: str) -> int:
     return HEADS_BY_WIDTH[width]
 
 
-def import_checkpoint(path: str | Path, *, allow_missing: bool = False, num_heads: int | None = None,
+def import_checkpoint(path: str | Path, *, num_heads: int | None = None,
                       attention: str = "joint", inflate: str = "center", tubelet: int = 2,
                       **overrides) -> tuple[VideoBackbone, ImportReport]:
     """Any supported checkpoint -> (model, report). Overrides (num_frames, img_size, drop_path_rate,
@@ -175,15 +172,14 @@ def import_checkpoint(path: str | Path, *, allow_missing: bool = False, num_head
     if path.is_dir():
         from pipeline.models.convert_hf import import_hf
 
-        return import_hf(path, allow_missing=allow_missing, overrides=overrides)
+        return import_hf(path, overrides)
     from pipeline.models.convert_pth import inflate_timm, videomae_original
 
     state = read_state_dict(path)
     patch = state.get("patch_embed.proj.weight", state.get("encoder.patch_embed.proj.weight"))
     if patch is not None and patch.dim() == 5:
-        return videomae_original(WeightMap(state, str(path)), num_heads, allow_missing, overrides)
+        return videomae_original(WeightMap(state, str(path)), num_heads, overrides)
     if patch is not None and patch.dim() == 4:
-        return inflate_timm(WeightMap(state, str(path)), num_heads, attention, inflate, tubelet,
-                            allow_missing, overrides)
+        return inflate_timm(WeightMap(state, str(path)), num_heads, attention, inflate, tubelet, overrides)
     raise CheckpointError(f"{path}: unrecognised layout (no 4-D or 5-D patch_embed.proj.weight); "
                           f"first keys: {list(state)[:3]}")

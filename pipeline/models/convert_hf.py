@@ -46,7 +46,7 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
-def import_hf(folder: Path, allow_missing: bool, overrides: dict) -> tuple[VideoBackbone, ImportReport]:
+def import_hf(folder: Path, overrides: dict) -> tuple[VideoBackbone, ImportReport]:
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder}: neither a vssl backbone folder (backbone.json) nor a Hugging Face "
                               f"folder (config.json)")
@@ -59,7 +59,7 @@ def import_hf(folder: Path, allow_missing: bool, overrides: dict) -> tuple[Video
     state = {k.removeprefix(prefix): v for k, v in read_hf_weights(folder).items()}
     wmap = WeightMap(state, str(folder))
     config, ignorable = CONVERTERS[model_type](wmap, _Config(cfg, folder / "config.json"))
-    return finish(wmap, config, f"hf-{model_type}", ignorable, allow_missing, overrides)
+    return finish(wmap, config, f"hf-{model_type}", ignorable, overrides)
 
 
 class _Config:

@@ -57,8 +57,7 @@ def _mlp(wmap: WeightMap, src: str, dst: str) -> None:
         wmap.module(dst + name, src + name)
 
 
-def videomae_original(wmap: WeightMap, num_heads: int | None, allow_missing: bool,
-                      overrides: dict) -> tuple[VideoBackbone, ImportReport]:
+def videomae_original(wmap: WeightMap, num_heads: int | None, overrides: dict) -> tuple[VideoBackbone, ImportReport]:
     wmap.source = {k.removeprefix("encoder."): v for k, v in wmap.source.items()}
     patch = wmap.source["patch_embed.proj.weight"]
     width, in_chans, *tubelet = patch.shape
@@ -85,11 +84,11 @@ def videomae_original(wmap: WeightMap, num_heads: int | None, allow_missing: boo
                   qkv_bias=f"blocks.{depth - 1}.mixer.attn.qkv.bias" in wmap.out, pos_embed=pos_embed,
                   final_norm=_final_norm(wmap), norm_eps=1e-6, act="gelu")
     ignorable = ("decoder.", "encoder_to_decoder.", "mask_token", "head.")
-    return finish(wmap, config, "videomae-original", ignorable, allow_missing, overrides)
+    return finish(wmap, config, "videomae-original", ignorable, overrides)
 
 
 def inflate_timm(wmap: WeightMap, num_heads: int | None, attention: str, inflate: str, tubelet: int,
-                 allow_missing: bool, overrides: dict) -> tuple[VideoBackbone, ImportReport]:
+                 overrides: dict) -> tuple[VideoBackbone, ImportReport]:
     if attention not in ("joint", "divided"):
         raise CheckpointError(f"attention: image ViT inflation supports joint and divided, got {attention!r}")
     if inflate not in ("center", "average") or tubelet < 1:
@@ -141,4 +140,4 @@ def inflate_timm(wmap: WeightMap, num_heads: int | None, attention: str, inflate
                   num_frames=num_frames, img_size=side * ph, patch_size=[tubelet, ph, pw], in_chans=in_chans,
                   qkv_bias="blocks.0.attn.qkv.bias" in wmap, pos_embed="learned", cls_token=has_cls,
                   final_norm=_final_norm(wmap), norm_eps=1e-6, act="gelu")
-    return finish(wmap, config, f"timm-vit-inflated-{inflate}", ("head.",), allow_missing, overrides)
+    return finish(wmap, config, f"timm-vit-inflated-{inflate}", ("head.",), overrides)
