@@ -44,9 +44,9 @@ def convert(hf, tmp_path, **kw):
     return model.eval(), report
 
 
-def rename_weights(folder, rename):
-    state = load_file(folder / "model.safetensors")
-    save_file({rename(k): v for k, v in state.items()}, folder / "model.safetensors")
+def save_module_names(hf, folder):
+    """Rewrite the weights under the modules' own names (save_pretrained writes the Hub layout)."""
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, folder / "model.safetensors")
 
 
 @pytest.mark.parametrize("mean_pooling", [True, False])
@@ -64,10 +64,14 @@ def test_videomae_parity_unmasked_and_masked(tmp_path, mean_pooling):
             torch.testing.assert_close(got, expected, rtol=0, atol=ATOL)
 
 
-def test_videomae_hub_layout_q_bias_v_bias_land_in_qkv_bias(tmp_path):
+@pytest.mark.parametrize("module_names", [False, True])
+def test_videomae_q_bias_v_bias_land_in_qkv_bias(tmp_path, module_names):
+    """save_pretrained writes the Hub layout (q_bias / v_bias); the modules call them query/value.bias."""
     hf = hf_model(VideoMAEModel, VideoMAEConfig(**TINY, patch_size=16, tubelet_size=2))
     hf.save_pretrained(tmp_path / "hf")
-    rename_weights(tmp_path / "hf", lambda k: k.replace("query.bias", "q_bias").replace("value.bias", "v_bias"))
+    assert "encoder.layer.0.attention.attention.q_bias" in load_file(tmp_path / "hf" / "model.safetensors")
+    if module_names:
+        save_module_names(hf, tmp_path / "hf")
     ours, report = import_checkpoint(tmp_path / "hf")
     bias = ours.blocks[1].mixer.attn.qkv.bias.detach()
     source = hf.encoder.layer[1].attention.attention
@@ -96,22 +100,14 @@ def test_timesformer_parity(tmp_path, attention_type, ours_kind):
     torch.testing.assert_close(out.pooled, expected[:, 0], rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("old_key_names", [False, True])
-def test_vivit_parity(tmp_path, old_key_names):
+@pytest.mark.parametrize("module_names", [False, True])
+def test_vivit_parity(tmp_path, module_names):
+    """Hub layout (encoder.layer.N.attention.attention.query) and transformers 5 names (layers.N.q_proj)."""
     hf = hf_model(VivitModel, VivitConfig(**TINY, tubelet_size=[2, 16, 16], hidden_act="gelu_fast"))
     hf.save_pretrained(tmp_path / "hf")
-    if old_key_names:  # transformers 4.x layout, as on the Hub
-        old = {"layers.": "encoder.layer.", "attention.q_proj": "attention.attention.query",
-               "attention.k_proj": "attention.attention.key", "attention.v_proj": "attention.attention.value",
-               "attention.o_proj": "attention.output.dense", "mlp.fc1": "intermediate.dense",
-               "mlp.fc2": "output.dense"}
-
-        def rename(key):
-            for new, legacy in old.items():
-                key = key.replace(new, legacy)
-            return key
-
-        rename_weights(tmp_path / "hf", rename)
+    assert "encoder.layer.0.attention.attention.query.weight" in load_file(tmp_path / "hf" / "model.safetensors")
+    if module_names:
+        save_module_names(hf, tmp_path / "hf")
     ours, report = import_checkpoint(tmp_path / "hf")
     assert report.unused == ["pooler.dense.bias", "pooler.dense.weight"]
     video = hf_clip()
