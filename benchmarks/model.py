@@ -1,6 +1,8 @@
 """`python -m benchmarks model [--quick]`: speed, memory and FLOPs of the video backbones.
 
-Metrics (all measured in this run; times are the best of interleaved repeats):
+Metrics (all measured in this run; times are the best of interleaved repeats; on CPU with one
+intra-op thread and that thread's CPU time, so that other processes on a shared machine do not
+skew the ratios - wall time under contention varied by 2x between runs here):
 - per backbone (registered names with `_small`; quick: `_tiny`), on the same clip batch:
   `<name>_ms` forward+backward time, `<name>_peak_mib` peak memory, `<name>_gflops` forward FLOPs
   per clip (model.flops: 2 per multiply-add).
@@ -67,26 +69,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _step(model, video: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-    if isinstance(model, torch.nn.Module) and hasattr(model, "token_grid"):
-        out = model(video, mask=mask).tokens
-    else:  # transformers VideoMAEModel takes (B, T, C, H, W)
-        out = model(pixel_values=video, bool_masked_pos=mask).last_hidden_state
+def _step(model, video: torch.Tensor, mask: torch.Tensor | None = None, bf16: bool = False) -> None:
+    with torch.autocast(video.device.type, dtype=torch.bfloat16, enabled=bf16):
+        if hasattr(model, "token_grid"):
+            out = model(video, mask=mask).tokens
+        else:  # transformers VideoMAEModel takes (B, T, C, H, W)
+            out = model(pixel_values=video, bool_masked_pos=mask).last_hidden_state
     out.float().mean().backward()
 
 
-def best_times(runs: dict[str, tuple], repeats: int) -> dict[str, float]:
+def best_times(runs: dict[str, tuple], repeats: int, bf16: bool = False) -> dict[str, float]:
     """Best forward+backward seconds per entry; entries alternate so load drift hits all alike."""
     best = {name: float("inf") for name in runs}
     for i in range(repeats + 1):
         for name, (model, video, mask) in runs.items():
+            clock = time.perf_counter if video.is_cuda else time.thread_time
             model.zero_grad(set_to_none=True)
             _sync(video.device)
-            start = time.perf_counter()
-            _step(model, video, mask)
+            start = clock()
+            _step(model, video, mask, bf16)
             _sync(video.device)
             if i:  # the first round warms up
-                best[name] = min(best[name], time.perf_counter() - start)
+                best[name] = min(best[name], clock() - start)
     return best
 
 
@@ -125,8 +129,7 @@ def mfu_vit_b(device: torch.device, quick: bool) -> tuple[float, str]:
     model = create_model("vit_base_joint").to(device)
     batch = 4 if quick else 16
     video = torch.randn(batch, 3, 16, 224, 224, device=device)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        seconds = best_times({"vit_b": (model, video, None)}, repeats=3 if quick else 10)["vit_b"]
+    seconds = best_times({"vit_b": (model, video, None)}, repeats=3 if quick else 10, bf16=True)["vit_b"]
     achieved = 3 * model.flops(16, 224, 224) * batch / seconds
     return achieved / (peak * 1e12), f"mfu_bf16_vit_b: {achieved / 1e12:.0f} TFLOP/s of {peak:.0f} on {name}"
 
@@ -134,6 +137,16 @@ def mfu_vit_b(device: torch.device, quick: bool) -> tuple[float, str]:
 def run(quick: bool) -> dict:
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _measure(device, quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(device: torch.device, quick: bool) -> dict:
     frames, size, batch = (8, 112, 2) if quick else (16, 224, 1)
     repeats = 2 if quick else 3
     video = torch.randn(batch, 3, frames, size, size, device=device)
@@ -154,7 +167,7 @@ def run(quick: bool) -> dict:
     mask = random_tube_mask(batch, ours.base_grid, 0.9).to(device)
     hf_video = video.transpose(1, 2).contiguous()
     times = best_times({"full": (ours, video, None), "masked": (ours, video, mask),
-                        "hf": (hf, hf_video, None)}, repeats)
+                        "hf": (hf, hf_video, None)}, repeats + 3)
     metrics["masked_speedup_vit_s"] = round(times["full"] / times["masked"], 2)
     metrics["step_time_vs_hf"] = round(times["full"] / times["hf"], 3)
     ours_peak, hf_peak = peak_bytes(ours, video), peak_bytes(hf, hf_video)
