@@ -91,6 +91,15 @@ def test_intermediate_layers_are_block_outputs():
         model(video, return_layers=(3,))
 
 
+def test_feature_map_puts_tokens_on_their_grid():
+    out = tiny("factorised")(clip())
+    fmap = out.feature_map()
+    assert fmap.shape == (2, 32, 2, 4, 4)
+    assert torch.equal(fmap[1, :, 1, 2, 3], out.tokens[1, 16 + 2 * 4 + 3])
+    with pytest.raises(ValueError, match="visible-only output"):
+        tiny("joint")(clip(), mask=random_tube_mask(2, (2, 4, 4), 0.5)).feature_map()
+
+
 def test_factorised_layers_span_spatial_then_temporal_blocks():
     model = tiny("factorised", temporal_depth=2)
     out = model(clip(), return_layers=(1, 2, 3))

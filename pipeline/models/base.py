@@ -41,6 +41,15 @@ class BackboneOutput:
     mask: Tensor | None = None  # the (B, N) mask applied, None when unmasked
     layers: list[Tensor] = field(default_factory=list)  # intermediate outputs asked for
 
+    def feature_map(self) -> Tensor:
+        """(B, D, t, h, w): the tokens laid out on their grid, for dense heads."""
+        t, h, w = self.grid
+        b, n, d = self.tokens.shape
+        if n != t * h * w:
+            raise ValueError(f"tokens: {n} tokens do not cover the {t}x{h}x{w} grid (a visible-only "
+                             f"output); encode without a mask for a feature map")
+        return self.tokens.transpose(1, 2).reshape(b, d, t, h, w)
+
 
 class VideoBackbone(nn.Module):
     """Base class: subclasses set the attributes in __init__ and implement `forward`."""

@@ -52,6 +52,14 @@ def _final_norm(wmap: WeightMap) -> str:
     return "none"
 
 
+def _config(wmap: WeightMap, attention: str, width: int, depth: int, num_heads: int | None, **fields) -> dict:
+    """VideoViT arguments implied by a timm-style state dict (maps its final norm on the way)."""
+    return dict(name=vit_name(attention, width), attention=attention, embed_dim=width, depth=depth,
+                num_heads=heads_for(width, num_heads, wmap.origin),
+                mlp_ratio=wmap.source["blocks.0.mlp.fc1.weight"].shape[0] / width,
+                final_norm=_final_norm(wmap), norm_eps=1e-6, act="gelu", **fields)
+
+
 def _mlp(wmap: WeightMap, src: str, dst: str) -> None:
     for name in ("norm2", "mlp.fc1", "mlp.fc2"):
         wmap.module(dst + name, src + name)
@@ -77,12 +85,9 @@ def videomae_original(wmap: WeightMap, num_heads: int | None, overrides: dict) -
             wmap.qkv_bias(dst + "attn.qkv.bias", src + "attn.q_bias", src + "attn.k_bias", src + "attn.v_bias")
         wmap.module(dst + "attn.proj", src + "attn.proj")
         _mlp(wmap, src, f"blocks.{i}.")
-    config = dict(name=vit_name("joint", width), attention="joint", embed_dim=width, depth=depth,
-                  num_heads=heads_for(width, num_heads, wmap.origin),
-                  mlp_ratio=wmap.source["blocks.0.mlp.fc1.weight"].shape[0] / width,
-                  num_frames=num_frames, img_size=img_size, patch_size=list(tubelet), in_chans=in_chans,
-                  qkv_bias=f"blocks.{depth - 1}.mixer.attn.qkv.bias" in wmap.out, pos_embed=pos_embed,
-                  final_norm=_final_norm(wmap), norm_eps=1e-6, act="gelu")
+    config = _config(wmap, "joint", width, depth, num_heads, num_frames=num_frames, img_size=img_size,
+                     patch_size=list(tubelet), in_chans=in_chans, pos_embed=pos_embed,
+                     qkv_bias=f"blocks.{depth - 1}.mixer.attn.qkv.bias" in wmap.out)
     ignorable = ("decoder.", "encoder_to_decoder.", "mask_token", "head.")
     return finish(wmap, config, "videomae-original", ignorable, overrides)
 
@@ -134,10 +139,7 @@ def inflate_timm(wmap: WeightMap, num_heads: int | None, attention: str, inflate
         _mlp(wmap, src, f"blocks.{i}.")
     if attention == "divided":
         wmap.notes.append("temporal attention: qkv copied from the image attention, output projection zero")
-    config = dict(name=vit_name(attention, width), attention=attention, embed_dim=width, depth=depth,
-                  num_heads=heads_for(width, num_heads, wmap.origin),
-                  mlp_ratio=wmap.source["blocks.0.mlp.fc1.weight"].shape[0] / width,
-                  num_frames=num_frames, img_size=side * ph, patch_size=[tubelet, ph, pw], in_chans=in_chans,
-                  qkv_bias="blocks.0.attn.qkv.bias" in wmap, pos_embed="learned", cls_token=has_cls,
-                  final_norm=_final_norm(wmap), norm_eps=1e-6, act="gelu")
+    config = _config(wmap, attention, width, depth, num_heads, num_frames=num_frames, img_size=side * ph,
+                     patch_size=[tubelet, ph, pw], in_chans=in_chans, pos_embed="learned", cls_token=has_cls,
+                     qkv_bias="blocks.0.attn.qkv.bias" in wmap)
     return finish(wmap, config, f"timm-vit-inflated-{inflate}", ("head.",), overrides)
