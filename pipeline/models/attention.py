@@ -23,7 +23,9 @@ present; None means the full grid. Costs below: n tokens, D width, FLOPs of the 
               4 N (W + G) D + 4 G (N + G) D with W tokens per window. The window is fitted per
               axis to the largest divisor of the grid not above the requested size. Any mask:
               the visible tokens keep their window ids and one masked SDPA call covers all
-              (4 (n + G)^2 D; cheaper than dense windows once ~90% is hidden).
+              (4 (n + G)^2 D; cheaper than dense windows once ~90% is hidden). At 16x224x224
+              (grid 8x14x14), window 2x7x7 and 8 global tokens, a patch token attends to 106
+              keys instead of 1568.
 - spatial     attention within each frame only: the spatial encoder of the factorised ViViT
               (model 2) in backbones/vit.py, which then runs a joint temporal encoder over
               per-frame tokens. Tube masks only.
