@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pipeline.models import create_model
 from pipeline.models.attention import MIXERS, TokenLayout, fit_window
 from pipeline.models.backbones.vit import ATTENTIONS
-from pipeline.models.base import random_tube_mask
+from pipeline.models.base import VideoBackbone, is_tube_mask, random_tube_mask
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.layers import resize_pos_grid
 
@@ -115,6 +115,18 @@ def test_flop_count_matches_flop_counter_mode(attention, masked):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(clip(batch=1), mask=mask)
     assert model.flops(4, 32, 32, mask=mask) == counter.get_total_flops()
+
+
+def test_measured_default_flops_of_the_base_class_agree_with_the_analytic_count():
+    model = tiny("sparse")
+    mask = random_tube_mask(1, (2, 4, 4), 0.5)
+    assert VideoBackbone.flops(model, 4, 32, 32, mask=mask) == model.flops(4, 32, 32, mask=mask)
+
+
+def test_random_tube_mask_hides_the_same_positions_in_every_frame():
+    mask = random_tube_mask(3, (4, 5, 6), 0.9, torch.Generator().manual_seed(0))
+    assert mask.shape == (3, 120) and is_tube_mask(mask, (4, 5, 6))
+    assert mask.sum(1).tolist() == [4 * 27] * 3 and not torch.equal(mask[0], mask[1])
 
 
 def test_flops_of_masked_joint_encoding_shrink_with_the_visible_tokens():

@@ -7,12 +7,12 @@
     y = attn(tokens)                            # or attn(tokens, attn_mask=(B, 1, N, N) bool)
 
 What lives here:
-- `TubeletEmbed(in_chans, dim, patch_size)`: a Conv3d with kernel = stride = tubelet.
+- `TubeletEmbed(in_chans, dim, patch_size)`: a Conv3d with kernel = stride = tubelet; `flops(grid)`.
 - `Attention(dim, num_heads, qkv_bias)`: fused qkv Linear -> F.scaled_dot_product_attention
   (flash / memory-efficient kernels on GPU) -> proj. `split_heads(x)` / `merge_heads(o)` let a
-  caller route queries and keys itself (windows, global tokens). `flops(q_len, k_len)`.
+  caller route queries and keys itself (windows, global tokens). `flops(groups, q_len, k_len)`.
 - `Block(dim, mixer, mlp_ratio, act, norm_eps, drop_path)`: the one pre-norm block structure:
-  `x + drop_path(mixer(x, layout))`, then `x + drop_path(mlp(norm2(x)))`. The mixer (an
+  `x + drop_path(mixer(x, layout))`, then `x + drop_path(mlp(norm2(x)))`; `flops(layout)`. The mixer (an
   attention variant, pipeline/models/attention.py) owns its pre-norm(s) and returns the update.
 - `sincos_table(n, dim)`: VideoMAE's fixed 1-D sinusoid table over the flattened token index.
 - `resize_pos_grid(pos, old_grid, new_grid)`: position table resampling, bicubic over (h, w) and
