@@ -14,6 +14,7 @@ from pipeline.cli import main
 from pipeline.models import create_model
 from pipeline.models.checkpoint import CheckpointError, load_backbone, save_backbone
 from pipeline.models.convert import import_checkpoint
+from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 
 TINY_HF = dict(image_size=32, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                intermediate_size=64, patch_size=16, tubelet_size=2)

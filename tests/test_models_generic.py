@@ -16,6 +16,7 @@ from pipeline.models import create_model, list_models
 from pipeline.models.base import BackboneOutput, VideoBackbone, random_tube_mask
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.registry import generic_test_overrides
+from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 
 BATCH, FRAMES, SIZE = 2, 8, 64
 

@@ -16,6 +16,7 @@ from transformers import (TimesformerConfig, TimesformerModel, VideoMAEConfig, V
 from pipeline.models.base import random_tube_mask
 from pipeline.models.checkpoint import CheckpointError
 from pipeline.models.convert import import_checkpoint
+from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 
 TINY = dict(image_size=32, num_frames=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64)

@@ -13,6 +13,7 @@ from pipeline.models.backbones.vit import ATTENTIONS
 from pipeline.models.base import VideoBackbone, is_tube_mask, random_tube_mask
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.layers import resize_pos_grid
+from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, num_frames=4, img_size=32, patch_size=(2, 8, 8))
 
