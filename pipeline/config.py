@@ -185,31 +185,119 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 @dataclass
-class DataConfig:
-    """The streaming clip loader (pipeline/data)."""
+class DataSource:
+    """One dataset of a weighted mix (data.sources)."""
 
-    shards: str = ""  # paths, globs, brace patterns, pipe: commands or a manifest.json
+    shards: str = ""  # as data.shards
+    weight: float = 1.0  # resampled: share of samples; otherwise passes over it per epoch
+    manifest: str = ""  # as data.manifest
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _range(key: str, pair: tuple[float, float], low: float, high: float) -> None:
+    if not low <= pair[0] <= pair[1] <= high:
+        raise ConfigError(f"{key}: need {low} <= min <= max <= {high}, got {list(pair)}")
+
+
+@dataclass
+class DataConfig:
+    """The streaming clip loader (pipeline/data; entry point pipeline.data.build_loader)."""
+
+    # what to read: paths, globs, brace patterns, pipe: commands or a manifest.json (or its
+    # folder); several joined with "::". Counts come from a manifest (found beside local shards,
+    # or named in `manifest` for pipe:/URL shards), else from a scan of local tar headers.
+    shards: str = ""
+    manifest: str = ""
+    sources: list[DataSource] = field(default_factory=list)  # a weighted mix instead of `shards`
+    # decoding
     decoder: str = "decord"  # decord | torchcodec | pyav
+    decode_timeout_s: float = 30.0  # > 0: decode in a killable helper; 0: in the worker, unbounded
+    # clip sampling
+    sampling: str = "random"  # random | segment | fps
     num_frames: int = 16
     frame_stride: int = 4
+    target_fps: float = 0.0  # sampling=fps
+    repeated_samples: int = 1  # k clips (each its own augmentation) per decoded video
+    eval_clips: int = 1  # evaluation: temporal views per video
+    eval_crops: int = 1  # evaluation: spatial views per clip (1 centre, 3 along the long side)
+    # spatial transforms
+    crop: str = "multiscale"  # multiscale | random_resized | center
     crop_size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random_resized area fraction
+    flip_prob: float = 0.5
+    rand_augment_ops: int = 0  # 0 = off
+    rand_augment_magnitude: int = 9
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # batching, order and epochs
     batch_size: int = 8
     num_workers: int = 2
-    shuffle_buffer: int = 256
+    streams_per_rank: int = 0  # 0 = max(1, num_workers); set it to resume with another worker count
+    prefetch_factor: int = 2
+    shuffle: bool = True
+    shuffle_buffer: int = 256  # samples held per rank, shared by its streams
+    drop_last: bool = True  # False: the last batches wrap around to the epoch's first samples
+    resampled: bool = False  # draw shards with replacement; epochs of epoch_samples
+    epoch_samples: int = 0  # resampled epoch length over all ranks; 0 = the sources' total
     seed: int = 0
+    # masks returned with the batch
     mask_type: str = "tube"  # tube | random | running_cell | multiblock | none
     mask_ratio: float = 0.9
+    mask_block_scale: tuple[float, float] = (0.15, 0.2)  # multiblock: area fraction per block
+    mask_block_aspect: tuple[float, float] = (0.75, 1.5)
+    decoder_mask_type: str = "none"  # none | running_cell: adds `decoder_mask` (VideoMAE v2)
+    decoder_mask_ratio: float = 0.5
 
     def validate(self) -> None:
-        if self.decoder not in ("decord", "torchcodec", "pyav"):
-            raise ConfigError(f"data.decoder: must be decord, torchcodec or pyav, got {self.decoder!r}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ConfigError(f"data.mask_ratio: must be in [0, 1), got {self.mask_ratio}")
-        for name in ("num_frames", "frame_stride", "crop_size", "batch_size"):
+        _choice("data.decoder", self.decoder, ("decord", "torchcodec", "pyav"))
+        _choice("data.sampling", self.sampling, ("random", "segment", "fps"))
+        _choice("data.crop", self.crop, ("multiscale", "random_resized", "center"))
+        _choice("data.mask_type", self.mask_type, ("tube", "random", "running_cell", "multiblock", "none"))
+        _choice("data.decoder_mask_type", self.decoder_mask_type, ("none", "running_cell"))
+        for name in ("mask_ratio", "decoder_mask_ratio"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"data.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ConfigError(f"data.flip_prob: must be in [0, 1], got {self.flip_prob}")
+        for name in ("num_frames", "frame_stride", "crop_size", "batch_size", "repeated_samples",
+                     "eval_clips", "eval_crops", "shuffle_buffer", "prefetch_factor"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
+        for name in ("num_workers", "streams_per_rank", "epoch_samples", "rand_augment_ops",
+                     "rand_augment_magnitude"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.decode_timeout_s < 0:
+            raise ConfigError(f"data.decode_timeout_s: must be >= 0, got {self.decode_timeout_s}")
+        if self.sampling == "fps" and self.target_fps <= 0:
+            raise ConfigError("data.target_fps: sampling 'fps' needs target_fps > 0")
+        if self.streams_per_rank and self.num_workers and self.streams_per_rank % self.num_workers:
+            raise ConfigError(f"data.num_workers: {self.num_workers} must divide "
+                              f"data.streams_per_rank {self.streams_per_rank}")
+        _range("data.crop_scale", self.crop_scale, 1e-6, 1.0)
+        _range("data.mask_block_scale", self.mask_block_scale, 1e-6, 1.0)
+        _range("data.mask_block_aspect", self.mask_block_aspect, 1e-6, 1e6)
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"data.std: must be > 0, got {list(self.std)}")
+        if self.sources and (self.shards or self.manifest):
+            raise ConfigError("data.sources: give either data.sources or data.shards/data.manifest, not both")
+        for i, src in enumerate(self.sources):
+            if not src.shards:
+                raise ConfigError(f"data.sources[{i}].shards: must not be empty")
+            if src.weight <= 0:
+                raise ConfigError(f"data.sources[{i}].weight: must be > 0, got {src.weight}")
+
+    def data_sources(self) -> list[DataSource]:
+        """The mix to read: data.sources, or data.shards as a single source of weight 1."""
+        if self.sources:
+            return list(self.sources)
+        if not self.shards:
+            raise ConfigError("data.shards: no shards given (paths, globs, pipe: commands or a manifest.json)")
+        return [DataSource(shards=self.shards, weight=1.0, manifest=self.manifest)]
 
 
 @dataclass

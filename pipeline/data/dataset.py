@@ -1,0 +1,234 @@
+"""The worker side of the loader: plan streams -> raw samples -> decoded, transformed clips -> batches.
+
+    dataset = ClipDataset(plan_spec, batch_spec, rank=0, world_size=1)
+    dataset.epoch, dataset.start_batch = 3, 17
+    for batch, events in dataset: ...      # what each DataLoader worker runs (see loader.py)
+
+Worker w of W yields the rank's batches start_batch + w, + w + W, ...; batch j is the next batch
+of stream j % S, and all of a stream's batches land on one worker (W divides S). A stream reader
+walks its shard segments in order and keeps read-but-not-yet-due samples (at most the shuffle
+buffer); on resume the samples already emitted are passed over unread (tar_reader extracts only
+wanted members) and never decoded.
+
+A sample that cannot be used is skipped and counted by reason (bad_json, missing_video,
+bad_annotation, decode_error, decode_timeout, decoder_crashed, truncated_shard, shard_short, ...),
+its key logged; the batch keeps its place in the schedule and is smaller by that sample, so every
+rank still yields the same number of batches (a batch whose every sample failed has zero clips).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline.data.decode import DecodeError
+from pipeline.data.decode_process import make_decoder
+from pipeline.data.masking import make_masker, running_cell_mask
+from pipeline.data.plan import EpochPlan, PlanSpec, StreamPlan, mix_seed
+from pipeline.data.sampling import ClipSampling
+from pipeline.data.shard_format import BOXES_EXT, MASKS_EXT, META_EXT, VIDEO_EXT, SampleMeta, ShardFormatError
+from pipeline.data.tar_reader import RawSample, read_segment
+from pipeline.data.transforms import ClipTransform, TransformSpec, normalize_
+
+log = logging.getLogger("vssl.data")
+MASK_IGNORE = 255  # `masks` value for clips of samples without masks in a batch that has some
+
+
+class SkipSample(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    sampling: ClipSampling
+    transform: TransformSpec
+    decoder: str
+    decode_timeout_s: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    grid: tuple[int, int, int]
+    mask_type: str
+    mask_ratio: float
+    mask_block_scale: tuple[float, float]
+    mask_block_aspect: tuple[float, float]
+    decoder_mask_type: str = "none"
+    decoder_mask_ratio: float = 0.5
+
+    @property
+    def clips_per_sample(self) -> int:
+        return self.sampling.clips * (1 if self.transform.train else self.transform.eval_crops)
+
+
+class StreamReader:
+    """Raw samples of one stream's batches, in emission order, from batch `first_batch` on."""
+
+    def __init__(self, plan: StreamPlan, first_batch: int):
+        self.plan, self.next_batch = plan, first_batch
+        self._emitted = np.zeros(plan.input_length, dtype=bool)
+        self._emitted[plan.order[:first_batch * plan.batch_size]] = True
+        self._pending: dict[int, RawSample] = {}
+        self._raw = self._read()
+
+    def _read(self):
+        pos = 0
+        for segment in self.plan.segments:
+            yield from read_segment(segment, pos, lambda p: not self._emitted[p])
+            pos += segment.stop - segment.start
+
+    def take_batch(self, index: int) -> list[RawSample]:
+        if index != self.next_batch:
+            raise RuntimeError(f"stream {self.plan.index}: batch {index} asked, {self.next_batch} due")
+        self.next_batch += 1
+        size = self.plan.batch_size
+        due = [int(p) for p in self.plan.order[index * size:(index + 1) * size]]
+        for pos in due:
+            while pos not in self._pending:
+                raw = next(self._raw)  # every wanted position comes back, as a sample or a failure
+                self._pending[raw.pos] = raw
+        return [self._pending.pop(pos) for pos in due]
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+def _read_boxes(data: bytes, key: str) -> np.ndarray:
+    try:
+        obj = json.loads(data)
+        if obj.get("format") != "xyxy":
+            raise ValueError(f"format {obj.get('format')!r}, want 'xyxy'")
+        rows = [[np.nan] * 4 if b is None else [float(v) for v in b] for b in obj["boxes"]]
+        boxes = np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise SkipSample("bad_annotation", f"{key}.{BOXES_EXT}: {e.__class__.__name__}: {e}") from None
+    return boxes
+
+
+def _read_masks(data: bytes, key: str) -> np.ndarray:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            masks = npz["masks"]
+    except Exception as e:  # numpy raises many types on a damaged npz
+        raise SkipSample("bad_annotation", f"{key}.{MASKS_EXT}: {e.__class__.__name__}: {e}") from None
+    if masks.ndim != 3 or masks.dtype != np.uint8:
+        raise SkipSample("bad_annotation", f"{key}.{MASKS_EXT}: want uint8 (T, H, W), got {masks.dtype} {masks.shape}")
+    return masks
+
+
+class ClipDataset(IterableDataset):
+    def __init__(self, plan_spec: PlanSpec, batch_spec: BatchSpec, rank: int, world_size: int):
+        super().__init__()
+        self.plan_spec, self.batch_spec = plan_spec, batch_spec
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = 0, 0
+
+    def plan(self) -> EpochPlan:
+        return EpochPlan(self.plan_spec, self.epoch, self.rank, self.world_size)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        spec, streams = self.batch_spec, self.plan_spec.streams
+        plan = self.plan()
+        decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
+        transform = ClipTransform(spec.transform)
+        masker = make_masker(spec.mask_type, spec.mask_ratio, spec.grid, spec.mask_block_scale,
+                             spec.mask_block_aspect)
+        readers: dict[int, StreamReader] = {}
+        try:
+            for j in range(self.start_batch + worker, plan.batches_per_rank, workers):
+                v = j % streams
+                if v not in readers:
+                    readers[v] = StreamReader(plan.stream(v), len(range(v, self.start_batch, streams)))
+                raws = readers[v].take_batch(j // streams)
+                yield self._batch(raws, readers[v].plan.seed, plan.mask_seed(j), decoder, transform, masker)
+        finally:
+            decoder.close()
+            for reader in readers.values():
+                reader.close()
+
+    def _clips(self, raw: RawSample, decoder, transform: ClipTransform, seed: int) -> tuple[SampleMeta, list]:
+        """The sample's views [(video, boxes, masks)], or SkipSample saying why it cannot be used."""
+        if raw.error is not None:
+            raise SkipSample(raw.error, f"position {raw.pos} of the stream")
+        if META_EXT not in raw.members:
+            raise SkipSample("bad_json", f"{raw.key}.{META_EXT} missing")
+        try:
+            meta = SampleMeta.from_json(raw.members[META_EXT], raw.key)
+        except ShardFormatError as e:
+            raise SkipSample("bad_json", str(e)) from None
+        if VIDEO_EXT not in raw.members:
+            raise SkipSample("missing_video", f"{raw.key}.{VIDEO_EXT} missing")
+        boxes = _read_boxes(raw.members[BOXES_EXT], raw.key) if BOXES_EXT in raw.members else None
+        masks = _read_masks(raw.members[MASKS_EXT], raw.key) if MASKS_EXT in raw.members else None
+        try:
+            decoded = decoder.decode(raw.key, raw.members[VIDEO_EXT], mix_seed(seed, 0), meta.num_frames)
+        except DecodeError as e:
+            raise SkipSample(e.reason, e.detail) from None
+        frames = torch.from_numpy(decoded.frames)
+        if masks is not None and masks.shape[1:] != tuple(frames.shape[1:3]):
+            raise SkipSample("bad_annotation", f"{raw.key}.{MASKS_EXT}: size {masks.shape[1:]}, "
+                                               f"video {tuple(frames.shape[1:3])}")
+        views = []
+        for c, where in enumerate(decoded.where):
+            whole = len(where) == len(frames) and bool((where == np.arange(len(where))).all())
+            clip = frames if whole else frames[torch.from_numpy(where)]
+            ids = decoded.frame_ids[where]
+            views.extend(transform(clip.permute(0, 3, 1, 2), _frames_of(boxes, ids, raw.key, BOXES_EXT),
+                                   _frames_of(masks, ids, raw.key, MASKS_EXT), seed=mix_seed(seed, 1 + c)))
+        return meta, views
+
+    def _batch(self, raws: list[RawSample], stream_seed: int, mask_seed: int, decoder,
+               transform: ClipTransform, masker) -> tuple[dict, dict]:
+        spec = self.batch_spec
+        size, frames = spec.transform.crop_size, spec.sampling.num_frames
+        capacity = len(raws) * spec.clips_per_sample
+        video = torch.empty(capacity, 3, frames, size, size)
+        labels, keys, boxes, masks = [], [], [], []
+        skipped: Counter = Counter()
+        decoded = 0
+        for raw in raws:
+            try:
+                meta, views = self._clips(raw, decoder, transform, mix_seed(stream_seed, raw.pos))
+            except SkipSample as e:
+                skipped[e.reason] += 1
+                log.warning("skipped sample %r of %s (%s): %s", raw.key, raw.shard, e.reason, e.detail)
+                continue
+            decoded += 1
+            for clip, clip_boxes, clip_masks in views:
+                video[len(keys)].copy_(clip.permute(1, 0, 2, 3))  # copy now: clip may view decoder memory
+                keys.append(raw.key)
+                labels.append(meta.label)
+                boxes.append(clip_boxes)
+                masks.append(clip_masks)
+        n = len(keys)
+        video = normalize_(video[:n] if n == capacity else video[:n].clone(), spec.mean, spec.std)
+        generator = torch.Generator().manual_seed(mask_seed)
+        batch = {"video": video, "label": torch.tensor(labels, dtype=torch.long), "key": keys,
+                 "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample}
+        if spec.decoder_mask_type == "running_cell":
+            batch["decoder_mask"] = running_cell_mask(n, spec.grid, spec.decoder_mask_ratio, generator)
+        if any(b is not None for b in boxes):
+            nan = torch.full((frames, 4), float("nan"))
+            batch["boxes"] = torch.stack([nan if b is None else b for b in boxes])
+        if any(m is not None for m in masks):
+            ignore = torch.full((frames, size, size), MASK_IGNORE, dtype=torch.uint8)
+            batch["masks"] = torch.stack([ignore if m is None else m for m in masks])
+        return batch, {"samples": decoded, "clips": n, "skipped": dict(skipped)}
+
+
+def _frames_of(annotation: np.ndarray | None, ids: np.ndarray, key: str, ext: str) -> torch.Tensor | None:
+    """The clip's frames of a per-frame annotation array."""
+    if annotation is None:
+        return None
+    if ids.max() >= len(annotation):
+        raise SkipSample("bad_annotation", f"{key}.{ext}: {len(annotation)} frames, clip needs frame {ids.max()}")
+    return torch.from_numpy(annotation[ids])

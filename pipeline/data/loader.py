@@ -1,0 +1,171 @@
+"""The loader the trainer calls: `build_loader(cfg, rank, world_size, patch_size, split) -> ClipLoader`.
+
+    from pipeline.data.loader import build_loader
+    loader = build_loader(cfg.data, rank=rank, world_size=world, patch_size=(2, 16, 16))
+    loader.load_state_dict(checkpoint["data"])        # optional: continue exactly where it was
+    for batch in loader:                               # one epoch of len(loader) batches
+        batch["video"], batch["mask"], batch["label"], batch["key"]
+        checkpoint["data"] = loader.state_dict()
+    loader.stats()                                     # samples/s, data wait, skips by reason
+
+Batch: `video` float (B*k, C, T, H, W) normalised, `label` long (B*k,), `mask` (B*k, N) bool
+(True = hidden, N = T/pt * H/ph * W/pw), `key` list[str], `clips_per_sample` k, plus
+`decoder_mask` (running cell), `boxes` (B*k, T, 4) XYXY with NaN where the object is absent, and
+`masks` (B*k, T, H, W) uint8 when samples carry annotations. k is data.repeated_samples when
+training, eval_clips * eval_crops when evaluating; a sample's clips are consecutive.
+
+Epochs: every rank yields exactly len(loader) batches (see plan.py for the policy); iterating to
+the end moves to the next epoch; set_epoch(e) jumps to the start of epoch e. Order is a function
+of (seed, epoch, rank, world_size, batch_size, streams_per_rank, shards) only.
+
+Exact resume: state_dict() counts the batches handed out, so after load_state_dict() the loader
+yields exactly the batches an uninterrupted run would have yielded next; skipped-over samples are
+not decoded. A state saved on any rank restores every rank. May change between save and load: the
+worker count (when it divides streams_per_rank; the default streams_per_rank follows num_workers, so
+set it explicitly to change workers), prefetch_factor, decode_timeout_s, the decoder backend (same
+pixels on H.264). Must not change (load_state_dict raises, naming it): seed, world_size,
+batch_size, streams_per_rank, shuffle settings, drop_last, resampled/epoch_samples, the shards.
+Augmentation settings are not checked; changing them changes pixels, not the order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.config import ConfigError, DataConfig
+from pipeline.data.dataset import BatchSpec, ClipDataset
+from pipeline.data.decode import check_decoder
+from pipeline.data.masking import make_masker
+from pipeline.data.plan import PlanSpec
+from pipeline.data.sampling import ClipSampling
+from pipeline.data.shards import list_shards
+from pipeline.data.transforms import TransformSpec
+
+STATE_VERSION = 1
+
+
+class ClipLoader:
+    def __init__(self, dataset: ClipDataset, num_workers: int, prefetch_factor: int = 2):
+        self.dataset, self.num_workers, self.prefetch_factor = dataset, num_workers, prefetch_factor
+        self.epoch, self.batches_done = 0, 0
+        self._counts: Counter = Counter()
+        self._skipped: Counter = Counter()
+        self._wait_s = self._busy_s = 0.0
+
+    def __len__(self) -> int:
+        self.dataset.epoch = self.epoch
+        return self.dataset.plan().batches_per_rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start of `epoch` (no-op when already in it, so a resumed mid-epoch position is kept)."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    def __iter__(self):
+        total = len(self)
+        self.dataset.epoch, self.dataset.start_batch = self.epoch, self.batches_done
+        if self.num_workers > 0:
+            source = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                     prefetch_factor=self.prefetch_factor, pin_memory=torch.cuda.is_available()))
+        else:
+            source = iter(self.dataset)
+        started = time.perf_counter()
+        try:
+            while self.batches_done < total:
+                t0 = time.perf_counter()
+                try:
+                    batch, events = next(source)
+                except StopIteration:
+                    raise RuntimeError(f"data: workers stopped after {self.batches_done} of {total} batches") from None
+                self._wait_s += time.perf_counter() - t0
+                self.batches_done += 1
+                self._counts.update(batches=1, samples=events["samples"], clips=events["clips"])
+                self._skipped.update(events["skipped"])
+                yield batch
+        finally:
+            self._busy_s += time.perf_counter() - started
+            del source
+        self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def stats(self) -> dict:
+        """Counters since construction, for the trainer's logs."""
+        busy = max(self._busy_s, 1e-9)
+        return {"batches": self._counts["batches"], "samples": self._counts["samples"],
+                "clips": self._counts["clips"], "samples_per_s": self._counts["samples"] / busy,
+                "wait_s": self._wait_s, "wait_fraction": self._wait_s / busy,
+                "skipped_total": sum(self._skipped.values()), "skipped": dict(self._skipped)}
+
+    def _order_fields(self) -> dict:
+        spec = self.dataset.plan_spec
+        shards = hashlib.sha256(repr([([(s.name, s.samples) for s in refs], w) for refs, w in spec.sources])
+                                .encode()).hexdigest()[:16]
+        return {"seed": spec.seed, "world_size": self.dataset.world_size, "batch_size": spec.batch_size,
+                "streams_per_rank": spec.streams, "shuffle": spec.shuffle, "shuffle_buffer": spec.shuffle_buffer,
+                "drop_last": spec.drop_last, "resampled": spec.resampled, "epoch_samples": spec.epoch_samples,
+                "shards": shards}
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batches_done": self.batches_done,
+                "order": self._order_fields()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data state: version {state.get('version')!r} unsupported (want {STATE_VERSION})")
+        now = self._order_fields()
+        for name, saved in state["order"].items():
+            if now.get(name) != saved:
+                raise ValueError(f"data state: {name} was {saved!r} when saved, is {now.get(name)!r} now "
+                                 f"(the resumed batches would differ)")
+        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+
+
+def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size: tuple[int, int, int] = (2, 16, 16),
+                 split: str | None = "train", train: bool | None = None) -> ClipLoader:
+    """The loader for this rank. train (default: split == "train") picks random clips, crops,
+    flips and shuffling; otherwise fixed order, multi-view clips, every sample (padded to equal
+    batches by wrapping around)."""
+    train = split == "train" if train is None else train
+    try:
+        check_decoder(cfg.decoder)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    pt, ph, pw = patch_size
+    for name, value, patch in (("num_frames", cfg.num_frames, pt), ("crop_size", cfg.crop_size, ph),
+                               ("crop_size", cfg.crop_size, pw)):
+        if value % patch:
+            raise ConfigError(f"data.{name}: {value} is not divisible by the patch size {patch}")
+    streams = cfg.streams_per_rank or max(1, cfg.num_workers)
+    if cfg.num_workers and streams % cfg.num_workers:
+        raise ConfigError(f"data.num_workers: {cfg.num_workers} must divide data.streams_per_rank {streams}")
+    keyed = [("data.shards" if not cfg.sources else f"data.sources[{i}].shards", s)
+             for i, s in enumerate(cfg.data_sources())]
+    sources = [(list_shards(src.shards, src.manifest, split, key), src.weight) for key, src in keyed]
+    plan_spec = PlanSpec(sources=sources, batch_size=cfg.batch_size, streams=streams, seed=cfg.seed,
+                         shuffle=cfg.shuffle and train, shuffle_buffer=cfg.shuffle_buffer,
+                         drop_last=cfg.drop_last and train, resampled=cfg.resampled and train,
+                         epoch_samples=cfg.epoch_samples)
+    sampling = ClipSampling(cfg.sampling, cfg.num_frames, cfg.frame_stride, cfg.target_fps,
+                            cfg.repeated_samples if train else cfg.eval_clips, train)
+    transform = TransformSpec(cfg.crop, cfg.crop_size, cfg.crop_scale, cfg.flip_prob, cfg.rand_augment_ops,
+                              cfg.rand_augment_magnitude, cfg.eval_crops, train)
+    grid = (cfg.num_frames // pt, cfg.crop_size // ph, cfg.crop_size // pw)
+    batch_spec = BatchSpec(sampling, transform, cfg.decoder, cfg.decode_timeout_s, cfg.mean, cfg.std, grid,
+                           cfg.mask_type, cfg.mask_ratio, cfg.mask_block_scale, cfg.mask_block_aspect,
+                           cfg.decoder_mask_type, cfg.decoder_mask_ratio)
+    try:  # fail now, not in a worker, on a mask the grid cannot take
+        make_masker(cfg.mask_type, cfg.mask_ratio, grid)
+        if cfg.decoder_mask_type != "none":
+            make_masker(cfg.decoder_mask_type, cfg.decoder_mask_ratio, grid)
+    except ValueError as e:
+        raise ConfigError(f"data.mask_type: {e}") from None
+    loader = ClipLoader(ClipDataset(plan_spec, batch_spec, rank, world_size), cfg.num_workers, cfg.prefetch_factor)
+    if len(loader) == 0:
+        total = loader.dataset.plan().total_samples
+        raise ConfigError(f"data.batch_size: {total} samples of split {split!r} make no batch of "
+                          f"{cfg.batch_size} per rank over {world_size} ranks")
+    return loader

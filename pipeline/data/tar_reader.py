@@ -1,0 +1,98 @@
+"""Reading a run of samples out of a tar shard, by position, without unpacking unwanted ones.
+
+    from pipeline.data.tar_reader import read_segment
+    for raw in read_segment(segment, first_pos=0, wanted=lambda pos: True):
+        raw.pos, raw.key, raw.members["mp4"], raw.error
+
+A sample is the group of consecutive members sharing a key (webdataset's `base_plus_ext`). Shards
+are opened with webdataset's `gopen` (paths, `pipe:` commands, URLs) and walked as a tar stream;
+a member is extracted only if its sample is wanted and its extension is one of the shard format's
+(so `.pyd`/`.pickle` members are never even read into memory, let alone unpickled). Samples the
+segment needs but the shard cannot give come back with `error` set:
+
+    shard_unreadable  the shard could not be opened
+    truncated_shard   the tar ended mid-sample or is damaged (logged once per shard)
+    shard_short       the tar holds fewer samples than its manifest count (logged once per shard)
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from webdataset.gopen import gopen, set_options
+from webdataset.tariterators import base_plus_ext
+
+from pipeline.data.plan import Segment
+from pipeline.data.shard_format import KNOWN_EXTS
+
+log = logging.getLogger("vssl.data")
+
+
+@dataclass
+class RawSample:
+    pos: int  # input position in the stream
+    key: str
+    shard: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool]) -> Iterator[RawSample]:
+    """Yield the wanted, complete samples of the segment in order."""
+    tar = tarfile.open(fileobj=stream, mode="r|")
+    index, current = -1, None
+    for info in tar:
+        key, ext = base_plus_ext(info.name)
+        if not info.isreg() or key is None:
+            continue
+        if current is None or key != current.key:
+            if current is not None and current.error is None:
+                yield current
+            index += 1
+            if index >= segment.stop:
+                return
+            pos = first_pos + index - segment.start
+            take = index >= segment.start and wanted(pos)
+            current = RawSample(pos, key, segment.shard.name, error=None if take else "unwanted")
+        ext = ext.lower()
+        if current.error is None and ext in KNOWN_EXTS:
+            current.members[ext] = tar.extractfile(info).read()
+    if current is not None and current.error is None:
+        yield current
+
+
+def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool]) -> Iterator[RawSample]:
+    """Samples of `segment` at input positions first_pos.., wanted ones only, failures included."""
+    name = segment.shard.name
+    done: set[int] = set()
+    error = None
+    try:
+        stream = gopen(segment.shard.url)
+    except OSError as e:
+        error = "shard_unreadable"
+        log.warning("%s: cannot open shard (%s)", name, e)
+    else:
+        try:
+            for raw in _walk(stream, segment, first_pos, wanted):
+                done.add(raw.pos)
+                yield raw
+            # everything needed was read: a pipe producer cut off by an early close may exit non-zero
+            set_options(stream, ignore_errors=True)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            error = "truncated_shard"
+            log.warning("%s: shard damaged or truncated after %d wanted samples (%s: %s); ending it here",
+                        name, len(done), e.__class__.__name__, e)
+        finally:
+            try:
+                stream.close()
+            except OSError:
+                pass
+    lost = [p for p in range(first_pos, first_pos + segment.stop - segment.start) if p not in done and wanted(p)]
+    if lost and error is None:
+        error = "shard_short"
+        log.warning("%s: holds fewer samples than its manifest count; %d missing", name, len(lost))
+    for pos in lost:
+        yield RawSample(pos, "", name, error=error)
