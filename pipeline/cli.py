@@ -21,6 +21,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "inspect": ("data_prep.inspect_cli", "verify shards against their manifest; show samples"),
     "pretrain": ("pipeline.train.pretrain_cli", "pretrain an encoder from a YAML recipe (VideoMAE or predictive)"),
     "quickstart": ("pipeline.quickstart", "run the whole pipeline end to end on synthetic data"),
+    "convert": ("pipeline.models.convert_cli", "import a checkpoint (HF, VideoMAE .pth, timm ViT) as a backbone folder"),
 }
 
 

@@ -302,10 +302,24 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A registered backbone plus overrides of its constructor arguments (pipeline/models)."""
+    """A registered backbone plus overrides of its constructor arguments (pipeline/models).
+
+    With `pretrained` (a backbone folder, or any checkpoint `vssl convert` reads) the checkpoint
+    decides the architecture and `name` is not consulted; `overrides` still apply (e.g.
+    num_frames, which resamples learned positions, or drop_path_rate).
+    pipeline.models.build.build_backbone(cfg) turns this section into a model.
+    """
 
     name: str = "vit_tiny_joint"
     overrides: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""
+    grad_checkpointing: bool = False
+
+    def validate(self) -> None:
+        if not self.pretrained and not self.name:
+            raise ConfigError("model.name: empty (name a registered model, e.g. vit_small_joint)")
+        if self.pretrained and not Path(self.pretrained).exists():
+            raise ConfigError(f"model.pretrained: no such file or folder: {self.pretrained}")
 
 
 @dataclass

@@ -14,6 +14,12 @@ honours a mask is stated by its `mask_mode`:
 
 With visible_only, `BackboneOutput.tokens` holds the visible tokens in ascending grid order;
 `restore_order(mask)` gives the permutation that puts [visible..., hidden...] back on the grid.
+`requires_tube_mask` says whether a backbone takes only tube masks.
+
+Every backbone also answers `flops(num_frames, height, width, mask=None)`: forward FLOPs for one
+clip, counting 2 per multiply-add (the default measures them with FlopCounterMode; backbones
+may override it with an analytic count that agrees). `remap_state_dict(state, source_config)`
+adapts saved weights made for another input size (checkpoint.load_backbone calls it).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ MaskMode = Literal["visible_only", "mask_token"]
 class BackboneOutput:
     tokens: Tensor  # (B, N_out, D): final tokens (visible ones only in visible_only mode)
     grid: tuple[int, int, int]  # (t, h, w) of the final stage's full token grid
-    pooled: Tensor  # (B, D): mean of the final tokens
+    pooled: Tensor  # (B, D): mean of the final tokens (a cls token's output where the model has one)
     mask: Tensor | None = None  # the (B, N) mask applied, None when unmasked
     layers: list[Tensor] = field(default_factory=list)  # intermediate outputs asked for
 
@@ -40,6 +46,7 @@ class VideoBackbone(nn.Module):
     """Base class: subclasses set the attributes in __init__ and implement `forward`."""
 
     mask_mode: MaskMode = "visible_only"
+    requires_tube_mask: bool = False
     embed_dim: int
     patch_size: tuple[int, int, int]  # (pt, ph, pw)
     num_frames: int
@@ -70,6 +77,20 @@ class VideoBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def flops(self, num_frames: int, height: int, width: int, mask: Tensor | None = None) -> int:
+        """Forward FLOPs of one clip, measured (subclasses may count analytically)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        param = next(self.parameters())
+        channels = getattr(self, "in_chans", 3)
+        video = torch.zeros(1, channels, num_frames, height, width, device=param.device, dtype=param.dtype)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            self(video, mask=mask)
+        return counter.get_total_flops()
+
+    def remap_state_dict(self, state: dict[str, Tensor], source_config: dict) -> dict[str, Tensor]:
+        return state
+
 
 def restore_order(mask: Tensor) -> Tensor:
     """ids_restore: index into [visible tokens..., hidden tokens...] for each grid position.
@@ -79,6 +100,16 @@ def restore_order(mask: Tensor) -> Tensor:
     """
     ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
     return torch.argsort(ids_shuffle, dim=1)
+
+
+def random_tube_mask(batch: int, grid: tuple[int, int, int], ratio: float,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """(B, N) bool: round(ratio * h * w) random spatial positions hidden in every frame."""
+    t, h, w = grid
+    hidden = round(ratio * h * w)
+    order = torch.rand(batch, h * w, generator=generator).argsort(1)
+    frame = torch.zeros(batch, h * w, dtype=torch.bool).scatter_(1, order[:, :hidden], True)
+    return frame[:, None].expand(batch, t, h * w).reshape(batch, t * h * w)
 
 
 def is_tube_mask(mask: Tensor, grid: tuple[int, int, int]) -> bool:

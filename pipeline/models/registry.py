@@ -5,21 +5,31 @@
 
 Factories take keyword overrides of their defaults and return a `VideoBackbone`
 (pipeline/models/base.py). Names say size and attention: `vit_small_divided`, `mvit_tiny`, ...
+
+A factory too big for the generic test (tests/test_models_generic.py runs every registered model
+forward and backward on CPU) may register the overrides that shrink it there, e.g. fewer blocks
+at the real width: `register_model(fn, test_overrides={"depth": 2})` or
+`@register_model(test_overrides={"depth": 2})`. Plain `@register_model` means none.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 _REGISTRY: dict[str, Callable] = {}
+_TEST_OVERRIDES: dict[str, dict[str, Any]] = {}
 
 
-def register_model(fn: Callable) -> Callable:
-    name = fn.__name__
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} registered twice")
-    _REGISTRY[name] = fn
-    return fn
+def register_model(fn: Callable | None = None, *, test_overrides: dict[str, Any] | None = None):
+    def add(factory: Callable) -> Callable:
+        name = factory.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = factory
+        _TEST_OVERRIDES[name] = dict(test_overrides or {})
+        return factory
+
+    return add if fn is None else add(fn)
 
 
 def list_models(pattern: str = "") -> list[str]:
@@ -32,6 +42,12 @@ def create_model(name: str, **overrides):
     if name not in _REGISTRY:
         raise KeyError(f"model.name: unknown model {name!r} (known: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name](**overrides)
+
+
+def generic_test_overrides(name: str) -> dict[str, Any]:
+    """The overrides a factory registered for the generic test ({} for most)."""
+    _import_backbones()
+    return dict(_TEST_OVERRIDES[name])
 
 
 def _import_backbones() -> None:

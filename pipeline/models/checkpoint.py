@@ -1,0 +1,134 @@
+"""Backbone weights on disk: our own folders, plus loading any supported checkpoint by path.
+
+    from pipeline.models.checkpoint import save_backbone, load_backbone
+    save_backbone(model, "runs/x/backbone")     # backbone.safetensors, then backbone.json (last)
+    model = load_backbone("runs/x/backbone")     # also: HF VideoMAE / TimeSformer / ViViT folders,
+                                                # original VideoMAE .pth, timm ViT (inflated)
+    model = load_backbone(path, num_frames=32)  # rebuilt for another clip length (positions resampled)
+
+Folder layout, format "vssl-backbone" version 1:
+
+    backbone.safetensors   the state dict (safetensors; never pickle)
+    backbone.json          {"format": "vssl-backbone", "version": 1, "config": model.config,
+                            "weights_bytes": size of backbone.safetensors}
+
+backbone.json is written last (temporary file + rename) and an old one is removed before the
+weights are replaced, so a folder holding backbone.json is complete; the recorded size catches a
+truncated weights file. Foreign layouts go through pipeline/models/convert.py, which reports
+unused and missing keys. Every error is a one-line `CheckpointError` naming the path and key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from pipeline.models.base import VideoBackbone
+from pipeline.models.registry import create_model
+
+FORMAT_NAME = "vssl-backbone"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "backbone.safetensors"
+META_NAME = "backbone.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit the model; the message names file and key."""
+
+
+def save_backbone(model: VideoBackbone, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / META_NAME).unlink(missing_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    weights = folder / WEIGHTS_NAME
+    save_file(state, str(weights) + ".tmp")
+    os.replace(str(weights) + ".tmp", weights)
+    meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": model.config,
+            "weights_bytes": weights.stat().st_size}
+    tmp = folder / (META_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, folder / META_NAME)
+    return folder
+
+
+def is_backbone_folder(path: str | Path) -> bool:
+    return (Path(path) / META_NAME).is_file()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable JSON ({e.__class__.__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def build_model(config: dict, origin: str, **overrides) -> VideoBackbone:
+    """create_model(config["name"], **rest, **overrides), with bad configs as CheckpointError."""
+    args = {k: v for k, v in {**config, **overrides}.items() if k != "name"}
+    try:
+        return create_model(config["name"], **args)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{origin}: cannot build the model ({e.args[0] if e.args else e})") from None
+
+
+def load_checked(model: nn.Module, state: dict[str, Tensor], origin: str,
+                 sources: dict[str, str] | None = None) -> None:
+    """Load `state` into `model` after checking that keys and shapes match exactly.
+
+    `sources` maps a model key to the checkpoint key(s) it came from, for the error message.
+    """
+    own = model.state_dict()
+    unexpected = sorted(k for k in state if k not in own)
+    if unexpected:
+        raise CheckpointError(f"{origin}: {len(unexpected)} key(s) the model does not have, e.g. {unexpected[:3]}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(own[key].shape):
+            came_from = f" (from {sources[key]})" if sources and key in sources else ""
+            raise CheckpointError(f"{origin}: shape mismatch for {key}{came_from}: checkpoint "
+                                  f"{tuple(value.shape)} vs model {tuple(own[key].shape)}")
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CheckpointError(f"{origin}: {len(missing)} model key(s) missing from the checkpoint, e.g. {missing[:3]}")
+    model.load_state_dict(state)
+
+
+def load_backbone(path: str | Path, **overrides) -> VideoBackbone:
+    """Our folder, or any layout pipeline/models/convert.py imports; overrides rebuild the model."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if not is_backbone_folder(path):
+        from pipeline.models.convert import import_checkpoint
+
+        return import_checkpoint(path, **overrides)[0]
+    meta = read_json(path / META_NAME)
+    if meta.get("format") != FORMAT_NAME or meta.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path / META_NAME}: not a {FORMAT_NAME} v{FORMAT_VERSION} file "
+                              f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+    if not isinstance(meta.get("config"), dict) or "name" not in meta["config"]:
+        raise CheckpointError(f"{path / META_NAME}: config: expected an object with the model name")
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file() or weights.stat().st_size != meta.get("weights_bytes"):
+        size = weights.stat().st_size if weights.is_file() else "absent"
+        raise CheckpointError(f"{weights}: incomplete weights (size {size}, "
+                              f"backbone.json says {meta.get('weights_bytes')})")
+    model = build_model(meta["config"], str(path), **overrides)
+    state = model.remap_state_dict(read_safetensors(weights), meta["config"])
+    load_checked(model, state, str(weights))
+    return model
