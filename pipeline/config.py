@@ -328,13 +328,35 @@ class ShardConfig:
 
     shard_size_mb: float = 256.0
     max_samples_per_shard: int = 1000
-    workers: int = 2
-    transcode: bool = False
-    short_side: int = 0  # 0 keeps the size
-    fps: float = 0.0  # 0 keeps the rate
-    gop: int = 16
+    workers: int = 2  # worker processes; the output does not depend on it
+    transcode: bool = False  # re-encode to H.264 with the settings below (else keep the bytes)
+    short_side: int = 0  # 0 keeps the size; needs transcode
+    fps: float = 0.0  # 0 keeps the rate; needs transcode
+    gop: int = 16  # keyframe interval of re-encoded video
     crf: int = 23
+    preset: str = "veryfast"  # x264 speed/size trade-off
+    segment_s: float = 0.0  # > 0: cut each clip into consecutive segments of this many seconds
     timeout_s: float = 60.0  # bound on the time spent on one input
+
+    def validate(self) -> None:
+        positive = {"shard_size_mb": self.shard_size_mb, "max_samples_per_shard": self.max_samples_per_shard,
+                    "workers": self.workers, "gop": self.gop, "timeout_s": self.timeout_s}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"shard.{name}: must be > 0, got {value}")
+        for name in ("short_side", "fps", "segment_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"shard.{name}: must be >= 0, got {getattr(self, name)}")
+        if self.short_side % 2:
+            raise ConfigError(f"shard.short_side: must be even (H.264 yuv420p), got {self.short_side}")
+        if not 0 <= self.crf <= 51:
+            raise ConfigError(f"shard.crf: must be in [0, 51], got {self.crf}")
+        presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+        if self.preset not in presets:
+            raise ConfigError(f"shard.preset: must be one of {list(presets)}, got {self.preset!r}")
+        for name in ("short_side", "fps"):
+            if getattr(self, name) and not self.transcode:
+                raise ConfigError(f"shard.{name}: set shard.transcode=true (--transcode) to change it")
 
 
 @dataclass

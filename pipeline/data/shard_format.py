@@ -21,6 +21,15 @@ member name up to the first dot, so keys never contain dots; see `make_key`):
 
 No member is ever pickled, and readers never unpickle (no `.pyd`/`.pickle` decoding).
 
+`vssl shard` fills SampleMeta.extra with: mode ("copy": the source bytes; "remux": the same
+packets in a new MP4 whose index matches its real frame count; "transcode": re-encoded H.264),
+codec, keyframe_interval (longest run of frames between keyframes), clip_start / clip_end
+(seconds of the source the sample covers), original_path (the raw video file, kept through
+re-sharding), source_codec, source_size [w, h], source_fps, source_frames, plus what the
+listing knew (e.g. youtube_id, time_start, time_end; SSv2 label/template/placeholders; a
+re-sharded video2dataset sample's source_json / caption).
+num_frames is always the count of frames really in the stored video, never a header's claim.
+
 manifest.json (format_version 1):
 
     {"format": "vssl-shards", "format_version": 1,
@@ -31,7 +40,10 @@ manifest.json (format_version 1):
                 "by_split": {"train": N1, "val": N2}},
      "quarantined": Q, "command": ["vssl", "shard", ...], "config": {...}, "created": ISO-8601}
 
-Readers take counts from the manifest and never guess them.
+Readers take counts from the manifest and never guess them. `config` is {"shard": ShardConfig
+fields, "inputs": the input options}. Beside it, quarantine.jsonl has one JSON object per
+rejected input: {"index", "key", "source", "split", "reason"}; shard-journal.jsonl is the
+writer's resume journal (data_prep/writer.py); readers ignore both.
 """
 
 from __future__ import annotations

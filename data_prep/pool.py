@@ -1,0 +1,177 @@
+"""An ordered map over worker processes that can be killed: a per-task time bound that holds.
+
+    from data_prep.pool import KillablePool, TaskFailed
+    with KillablePool(process_item, workers=2, timeout_s=60, args=(settings,)) as pool:
+        for task, result in pool.map(items):        # in the order of `items`
+            if isinstance(result, TaskFailed): print(result.reason)
+
+A ProcessPoolExecutor cannot stop one stuck task (a decoder spinning in native code ignores
+signals and never returns), so here each worker is a process with a pipe of its own. A task that
+runs past `timeout_s` has its worker SIGKILLed and replaced and comes back as
+TaskFailed("timeout after 60s"); a worker that dies (segfault, OOM kill) gives
+TaskFailed("worker died (signal 11)"); an exception in the function gives TaskFailed("error: ...").
+Results come back in submission order, so what a caller builds from them does not depend on the
+number of workers. At most `ahead` tasks are in flight or waiting to be yielded.
+
+Workers start from a forkserver (cheap to replace, and safe when the parent has threads).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+@dataclass
+class TaskFailed:
+    reason: str
+
+
+def _worker_main(conn: Connection, fn: Callable, args: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            result = fn(task, *args)
+        except Exception as e:  # any bug in one task must not take the whole run down
+            result = TaskFailed(f"error: {e.__class__.__name__}: {' '.join(str(e).split())}")
+        try:
+            conn.send(result)
+        except OSError:
+            return
+
+
+class _Worker:
+    def __init__(self, ctx: Any, fn: Callable, args: tuple):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, fn, args), daemon=True)
+        self.process.start()
+        child.close()
+        self.seq = -1
+        self.started = 0.0
+
+    def submit(self, seq: int, task: Any) -> None:
+        self.seq, self.started = seq, time.monotonic()
+        self.conn.send(task)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+    def death(self) -> str:
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        self.conn.close()
+        return f"worker died (signal {-code})" if code and code < 0 else f"worker died (exit code {code})"
+
+
+class KillablePool:
+    def __init__(self, fn: Callable, workers: int, timeout_s: float, args: tuple = ()):
+        self._ctx = mp.get_context("forkserver")
+        self._ctx.set_forkserver_preload([fn.__module__])
+        self._fn, self._args, self._timeout = fn, args, timeout_s
+        self._workers = [self._spawn() for _ in range(workers)]
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._ctx, self._fn, self._args)
+
+    def _replace(self, worker: _Worker) -> _Worker:
+        fresh = self._spawn()
+        self._workers[self._workers.index(worker)] = fresh
+        return fresh
+
+    def _submit(self, worker: _Worker, seq: int, task: Any, results: dict[int, Any]) -> _Worker:
+        """Hand `task` to `worker`, or to one fresh replacement if that worker died while idle.
+
+        Returns the worker now running the task, or (if the replacement died too) an idle
+        worker, with the task's result recorded as a TaskFailed.
+        """
+        for _ in range(2):
+            try:
+                worker.submit(seq, task)
+                return worker
+            except OSError:
+                reason = worker.death()
+                worker = self._replace(worker)
+        results[seq] = TaskFailed(reason)
+        return worker
+
+    def map(self, tasks: Iterable[T], ahead: int = 0) -> Iterator[tuple[T, Any]]:
+        """(task, result) pairs in task order; result is fn(task, *args) or a TaskFailed."""
+        source = iter(tasks)
+        ahead = ahead or 4 * len(self._workers)
+        waiting: dict[int, T] = {}
+        results: dict[int, Any] = {}
+        idle = list(self._workers)
+        busy: dict[Connection, _Worker] = {}
+        submitted = yielded = 0
+        exhausted = False
+        while True:
+            while idle and not exhausted and submitted - yielded < ahead:
+                task = next(source, _END)
+                if task is _END:
+                    exhausted = True
+                    break
+                waiting[submitted] = task
+                worker = self._submit(idle.pop(), submitted, task, results)
+                if worker.seq == submitted:
+                    busy[worker.conn] = worker
+                else:
+                    idle.append(worker)
+                submitted += 1
+            while yielded in results:
+                yield waiting.pop(yielded), results.pop(yielded)
+                yielded += 1
+            if not busy:
+                if exhausted:
+                    return
+                continue
+            deadline = min(w.started for w in busy.values()) + self._timeout
+            for conn in wait(list(busy), timeout=max(0.0, deadline - time.monotonic())):
+                worker = busy.pop(conn)
+                try:
+                    results[worker.seq] = conn.recv()
+                    idle.append(worker)
+                except (EOFError, OSError):
+                    results[worker.seq] = TaskFailed(worker.death())
+                    idle.append(self._replace(worker))
+            now = time.monotonic()
+            for conn, worker in list(busy.items()):
+                if now - worker.started >= self._timeout:
+                    del busy[conn]
+                    worker.kill()
+                    results[worker.seq] = TaskFailed(f"timeout after {self._timeout:g}s")
+                    idle.append(self._replace(worker))
+
+    def close(self) -> None:
+        """Stop every worker: ask idle ones to exit, kill any that do not within a second."""
+        for worker in self._workers:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass
+        end = time.monotonic() + 1.0
+        for worker in self._workers:
+            worker.process.join(timeout=max(0.0, end - time.monotonic()))
+            if worker.process.is_alive():
+                worker.kill()
+            worker.conn.close()
+
+    def __enter__(self) -> "KillablePool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,151 @@
+"""Probe and validate one video's bytes with PyAV (bundled FFmpeg): what it is, and proof it decodes.
+
+    from data_prep.probe import probe, check_decodes, count_decoded_frames, remux_mp4
+    info = probe(data)             # demux only: codec, size, fps, real frame count, keyframes
+    check_decodes(data, info)      # decodes the first, middle and last frames
+    count_decoded_frames(data)     # decodes everything (vssl inspect --decode)
+    mp4 = remux_mp4(data)          # same packets in a fresh MP4 container (no re-encode)
+
+`num_frames` counts the video packets really present, not what the container header claims
+(`reported_frames`): decord trusts the header and can spin forever on a file that over-reports,
+so a file whose header disagrees is stored remuxed, with an index that matches its content.
+Every failure is a `VideoError` whose message is a one-line reason for quarantine.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+
+
+class VideoError(ValueError):
+    """The bytes are not a usable video; the message is the reason, on one line."""
+
+
+@dataclass
+class VideoInfo:
+    container: str  # FFmpeg's demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    codec: str
+    width: int
+    height: int
+    fps: float
+    num_frames: int  # video packets present in the file
+    reported_frames: int  # the container's own count (0 = it does not say)
+    duration: float  # seconds, first frame to the end of the last
+    pts: list[int]  # presentation timestamps in display order (stream time base)
+    time_base: Fraction
+    keyframe_interval: int  # longest stretch of frames from one keyframe to the next
+
+    @property
+    def frame_times(self) -> list[float]:
+        """Display time of each frame in seconds, from the first frame."""
+        return [float((p - self.pts[0]) * self.time_base) for p in self.pts]
+
+    @property
+    def is_mp4(self) -> bool:
+        return "mp4" in self.container.split(",")
+
+
+def one_line(e: Exception) -> str:
+    """FFmpeg's own words for an error (PyAV's str() adds errno and a placeholder file name)."""
+    return " ".join(str(getattr(e, "strerror", None) or e).split()) or e.__class__.__name__
+
+
+def open_video(data: bytes) -> av.container.InputContainer:
+    """Open bytes as a container with at least one video stream, or raise VideoError."""
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except av.FFmpegError as e:
+        raise VideoError(f"not a readable video ({one_line(e)})") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams})
+        container.close()
+        raise VideoError("no video stream" + (f" (only {', '.join(kinds)})" if kinds else ""))
+    return container
+
+
+def probe(data: bytes) -> VideoInfo:
+    with open_video(data) as container:
+        stream = container.streams.video[0]
+        pts, key_pts = [], []
+        try:
+            for packet in container.demux(stream):
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if packet.size == 0 or stamp is None:
+                    continue
+                pts.append(stamp)
+                if packet.is_keyframe:
+                    key_pts.append(stamp)
+        except av.FFmpegError as e:
+            raise VideoError(f"demux failed after {len(pts)} frames ({one_line(e)})") from None
+        if not pts:
+            raise VideoError("video stream has no frames")
+        ctx = stream.codec_context
+        if not (ctx.width and ctx.height):
+            raise VideoError("video stream has no frame size")
+        pts.sort()
+        time_base = stream.time_base or Fraction(1, 1)
+        rate = stream.average_rate or stream.guessed_rate
+        if rate:
+            fps = float(rate)
+        elif len(pts) > 1:
+            fps = (len(pts) - 1) / float((pts[-1] - pts[0]) * time_base)
+        else:
+            fps = 25.0  # one frame and no rate: any rate describes it
+        rank = {p: i for i, p in enumerate(pts)}
+        bounds = sorted(rank[p] for p in key_pts) + [len(pts)]
+        interval = max(b - a for a, b in zip(bounds, bounds[1:])) if len(bounds) > 1 else len(pts)
+        return VideoInfo(
+            container=container.format.name, codec=ctx.name, width=ctx.width, height=ctx.height,
+            fps=fps, num_frames=len(pts), reported_frames=int(stream.frames or 0),
+            duration=float((pts[-1] - pts[0]) * time_base) + 1.0 / fps, pts=pts,
+            time_base=time_base, keyframe_interval=interval)
+
+
+def check_decodes(data: bytes, info: VideoInfo) -> None:
+    """Decode the first, middle and last frames (each from its keyframe); raise VideoError if not."""
+    n = info.num_frames
+    with open_video(data) as container:
+        stream = container.streams.video[0]
+        for index in sorted({0, n // 2, n - 1}):
+            target = info.pts[index]
+            try:
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                reached = any(f.pts is None or f.pts >= target for f in container.decode(stream))
+            except av.FFmpegError as e:
+                raise VideoError(f"decoding failed near frame {index} of {n} ({one_line(e)})") from None
+            if not reached:
+                raise VideoError(f"frame {index} of {n} does not decode")
+
+
+def count_decoded_frames(data: bytes) -> int:
+    """Decode every frame of the first video stream; VideoError if decoding fails."""
+    count = 0
+    with open_video(data) as container:
+        try:
+            for _ in container.decode(container.streams.video[0]):
+                count += 1
+        except av.FFmpegError as e:
+            raise VideoError(f"decoding failed after {count} frames ({one_line(e)})") from None
+    return count
+
+
+def remux_mp4(data: bytes) -> bytes:
+    """The video stream's packets, unchanged, in a new MP4 container (VideoError if MP4 cannot hold the codec)."""
+    buf = io.BytesIO()
+    with open_video(data) as source:
+        stream = source.streams.video[0]
+        try:
+            with av.open(buf, mode="w", format="mp4") as target:
+                out = target.add_stream_from_template(stream)
+                for packet in source.demux(stream):
+                    if packet.dts is None:
+                        continue
+                    packet.stream = out
+                    target.mux(packet)
+        except (av.FFmpegError, ValueError) as e:
+            raise VideoError(f"cannot remux {stream.codec_context.name} into MP4 ({one_line(e)})") from None
+    return buf.getvalue()

@@ -1,0 +1,92 @@
+"""`vssl shard INPUT --out OUT`: raw videos (or existing shards) -> WebDataset tar shards + manifest.json.
+
+    vssl shard videos/ --out shards/                     # folder tree; classes from sub-folders
+    vssl shard kinetics.csv --root videos/ --out shards/ --transcode --short-side 128 --fps 15
+    vssl shard train.json --root 20bn/ --classes labels.json --split train --out shards/   # SSv2
+    vssl shard paths.txt --out shards/ --segment-s 2 --workers 8
+    vssl shard old_shards/ --out new_shards/ --transcode --gop 8
+
+Writes OUT/{split}-{index:06d}.tar, OUT/manifest.json (written last), OUT/quarantine.jsonl (every
+rejected input with its reason) and prints a summary. Re-running the same command resumes an
+interrupted run (see data_prep/shard_run.py); the output does not depend on --workers. Exit
+status: 0 when samples were written, 1 when every input was quarantined, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data_prep.listing import FORMATS, list_inputs
+from data_prep.shard_run import ShardRunError, shard_dataset
+from data_prep.sources import ListingError
+from pipeline.config import ShardConfig, from_dict
+
+# ShardConfig field -> (flag, help); a flag left out keeps the config default
+_CONFIG_FLAGS = {
+    "workers": ("--workers", "worker processes (the output does not depend on it)"),
+    "timeout_s": ("--timeout-s", "seconds one input may take before it is quarantined"),
+    "shard_size_mb": ("--shard-size-mb", "target shard size"),
+    "max_samples_per_shard": ("--max-samples", "most samples in one shard"),
+    "short_side": ("--short-side", "with --transcode: scale so the short side is this (even)"),
+    "fps": ("--fps", "with --transcode: resample to this frame rate"),
+    "gop": ("--gop", "keyframe interval of re-encoded video"),
+    "crf": ("--crf", "x264 quality (0-51, lower is better)"),
+    "preset": ("--preset", "x264 preset"),
+    "segment_s": ("--segment-s", "cut every clip into consecutive segments of this many seconds"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="folder, Kinetics .csv, SSv2 .json, path list .txt/.csv, or shards")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: guess)")
+    parser.add_argument("--root", help="folder holding the videos of a csv/json/list input")
+    parser.add_argument("--split", default="train", help="split of inputs that do not name one")
+    parser.add_argument("--classes", help="class names in label order: .txt, or .json {name: index}")
+    parser.add_argument("--labels", default="auto", choices=("auto", "dirs", "none"),
+                        help="folder input: labels from sub-folders (dirs), none, or guess")
+    parser.add_argument("--transcode", action="store_true", default=None, help="re-encode to H.264")
+    for name, (flag, help_text) in _CONFIG_FLAGS.items():
+        kind = type(getattr(ShardConfig(), name))
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+    parser.add_argument("--overwrite", action="store_true", help="delete OUT's shard files first")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _config(args: argparse.Namespace) -> ShardConfig:
+    given = {name: getattr(args, name) for name in ("transcode", *_CONFIG_FLAGS)}
+    return from_dict(ShardConfig, {k: v for k, v in given.items() if v is not None}, prefix="shard")
+
+
+def _command(args: argparse.Namespace, cfg: ShardConfig) -> list[str]:
+    """The command as a canonical argv (input options and the settings that differ from defaults)."""
+    command = ["vssl", "shard", args.input, "--out", args.out]
+    for opt in ("format", "root", "split", "classes", "labels"):
+        value = getattr(args, opt)
+        if value is not None and value != {"format": "auto", "split": "train", "labels": "auto"}.get(opt):
+            command += [f"--{opt}", str(value)]
+    if cfg.transcode:
+        command.append("--transcode")
+    defaults = ShardConfig()
+    for name, (flag, _) in _CONFIG_FLAGS.items():
+        if getattr(cfg, name) != getattr(defaults, name):
+            command += [flag, str(getattr(cfg, name))]
+    return command
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    inputs = {"input": args.input, "format": args.format, "root": args.root, "split": args.split,
+              "classes": args.classes, "labels": args.labels}
+    try:
+        listing = list_inputs(args.input, fmt=args.format, root=args.root, split=args.split,
+                              classes_file=args.classes, labels=args.labels)
+        summary = shard_dataset(listing, Path(args.out), cfg, command=_command(args, cfg), inputs=inputs,
+                                overwrite=args.overwrite, progress=False if args.no_progress else None)
+    except (ListingError, ShardRunError) as e:
+        print(f"vssl shard: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(summary.lines()))
+    return 0 if summary.samples else 1

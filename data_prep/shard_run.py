@@ -1,0 +1,238 @@
+"""`vssl shard` end to end: listed items -> killable workers -> ordered shards, quarantine, manifest.
+
+    from data_prep.listing import list_inputs
+    from data_prep.shard_run import shard_dataset
+    listing = list_inputs("videos/")
+    summary = shard_dataset(listing, Path("shards"), ShardConfig(workers=2), command=["vssl", "shard", ...])
+    print("\\n".join(summary.lines()))
+
+Items are processed in worker processes (data_prep.pool) and their results consumed in listing
+order, so shards are byte-identical for any number of workers. Rejected items go to
+quarantine.jsonl (one JSON object per line, fsync'ed, in listing order). manifest.json is
+written last, atomically.
+
+Resuming: re-running the same command on the same OUT continues an interrupted run. The journal
+(data_prep.writer) lists every finished shard with its cursor range and sha256; each is checked
+against the file (a missing or altered shard is dropped with every later shard of its split and
+written again), partial `.tar.tmp` files are deleted, and items wholly inside finished shards
+are skipped. The result is the same bytes an uninterrupted run writes. A journal from a
+different command or input listing is refused unless `overwrite` clears OUT's shard files.
+
+Test hook: VSSL_SHARD_TEST_KILL_AFTER_SHARDS=K SIGKILLs this process right after the K-th shard
+of the run is recorded (a crash at the worst moment, without any cleanup).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data_prep.listing import Listing
+from data_prep.pool import KillablePool, TaskFailed
+from data_prep.process import FAULT_ENV, Outcome, Settings, process_item
+from data_prep.sources import Item
+from data_prep.writer import JOURNAL_NAME, Cursor, JsonLines, SplitWriter
+from pipeline.config import ShardConfig, to_dict
+from pipeline.data.shard_format import (MANIFEST_NAME, QUARANTINE_NAME, TMP_SUFFIX, Manifest, ShardEntry,
+                                        sha256_file)
+
+KILL_ENV = "VSSL_SHARD_TEST_KILL_AFTER_SHARDS"
+_OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?|manifest\.json(\.tmp)?|quarantine\.jsonl(\.tmp)?|"
+                        + re.escape(JOURNAL_NAME) + r")$")
+
+
+class ShardRunError(ValueError):
+    """OUT cannot be used for this run; the message says why and what to do."""
+
+
+@dataclass
+class Summary:
+    items: int
+    skipped: int  # settled by an earlier, interrupted run
+    samples: int
+    shards: int
+    bytes: int
+    quarantined: int
+    reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    processed: int = 0
+    out: str = ""
+
+    def lines(self) -> list[str]:
+        rate = self.processed / self.seconds if self.seconds else 0.0
+        lines = [f"vssl shard: {self.items} inputs -> {self.samples} samples in {self.shards} shards "
+                 f"({self.bytes / 1e6:.1f} MB) at {self.out}; {self.quarantined} quarantined",
+                 f"  {self.processed} inputs processed in {self.seconds:.1f}s ({rate:.2f} videos/s)"
+                 + (f"; {self.skipped} already done by an earlier run" if self.skipped else "")]
+        lines += [f"  quarantine: {count} x {reason}" for reason, count in self.reasons.most_common(8)]
+        return lines
+
+
+def fingerprint(listing: Listing, cfg: ShardConfig, inputs: dict[str, Any]) -> str:
+    """What decides the output bytes: the settings (not workers or timeout) and the listing."""
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "timeout_s")}
+    h = hashlib.sha256(json.dumps([settings, inputs, listing.classes], sort_keys=True).encode())
+    for item in listing.items:
+        h.update(json.dumps(dataclasses.asdict(item), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _open_out(out: Path, run_id: str, overwrite: bool) -> list[dict[str, Any]]:
+    """Journal records of an interrupted run of this same command (else []); clears what it must."""
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / JOURNAL_NAME
+    records = JsonLines.read(journal)
+    ours = [p for p in out.iterdir() if _OUR_FILES.match(p.name)]
+    if overwrite:
+        for p in ours:
+            p.unlink()
+        return []
+    if records and records[0].get("fingerprint") != run_id:
+        raise ShardRunError(f"{out}: holds a run of a different command or input listing "
+                            f"({JOURNAL_NAME}); pass --overwrite or use another --out")
+    if not records and any(p.name.endswith(".tar") or p.name == MANIFEST_NAME for p in ours):
+        raise ShardRunError(f"{out}: already holds shards not made by a resumable run; "
+                            f"pass --overwrite or use another --out")
+    for p in ours:
+        if p.name.endswith(".tar" + TMP_SUFFIX):
+            p.unlink()  # a partial shard of the interrupted run
+    return records
+
+
+def _verified(records: list[dict[str, Any]], out: Path
+              ) -> tuple[list[dict], dict[str, list[dict]], dict[str, Cursor]]:
+    """The journal records still true, and per split: its finished shards and its resume cursor.
+
+    A missing or altered shard ends its split's valid prefix; it and every later shard of that
+    split are written again. Shard files the journal does not vouch for are deleted.
+    """
+    kept: list[dict] = []
+    done: dict[str, list[dict]] = {}
+    cursor: dict[str, Cursor] = {}
+    broken: set[str] = set()
+    for rec in records:
+        split = rec.get("split", "")
+        if rec["event"] == "done":
+            path = out / rec["name"]
+            if split in broken or not (path.is_file() and path.stat().st_size == rec["bytes"]
+                                       and sha256_file(path) == rec["sha256"]):
+                broken.add(split)
+                continue
+            done.setdefault(split, []).append(rec)
+            cursor[split] = tuple(rec["end"])
+        elif rec["event"] == "open":
+            cursor.setdefault(split, tuple(rec["start"]))
+        kept.append(rec)
+    names = {rec["name"] for recs in done.values() for rec in recs}
+    for p in out.glob("*.tar"):
+        if _OUR_FILES.match(p.name) and p.name not in names:
+            p.unlink()
+    return kept, done, cursor
+
+
+def _write_manifest(out: Path, listing: Listing, shards: list[dict[str, Any]], quarantined: int,
+                    cfg: ShardConfig, command: list[str], inputs: dict[str, Any]) -> Manifest:
+    shards = sorted(shards, key=lambda r: r["name"])
+    by_split: Counter = Counter()
+    for rec in shards:
+        by_split[rec["split"]] += rec["samples"]
+    totals = {"samples": sum(by_split.values()), "bytes": sum(r["bytes"] for r in shards),
+              "shards": len(shards), "duration": round(sum(r["duration"] for r in shards), 3),
+              "by_split": dict(sorted(by_split.items()))}
+    manifest = Manifest(
+        shards=[ShardEntry(r["name"], r["split"], r["samples"], r["bytes"], r["sha256"]) for r in shards],
+        classes=listing.classes, totals=totals, quarantined=quarantined, command=command,
+        config={"shard": to_dict(cfg), "inputs": inputs},
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    manifest.write(out)
+    return manifest
+
+
+def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[str] | None = None,
+                  inputs: dict[str, Any] | None = None, overwrite: bool = False,
+                  progress: bool | None = None) -> Summary:
+    """Write (or finish writing) the shards of `listing` into `out`; see the module docstring."""
+    started = time.monotonic()
+    inputs = inputs or {}
+    run_id = fingerprint(listing, cfg, inputs)
+    records = _open_out(out, run_id, overwrite)
+    kept, done, cursor = _verified(records, out)
+    restart = min((c[0] for c in cursor.values()), default=0)
+
+    def resume_at(split: str) -> Cursor:
+        """Where this run starts writing `split`; items before it are settled (written or quarantined)."""
+        return cursor.get(split, (restart, 0))
+
+    items = listing.items
+    settled = sum(1 for it in items if it.index < resume_at(it.split)[0])
+    quarantine = JsonLines(out / QUARANTINE_NAME, [e for e in JsonLines.read(out / QUARANTINE_NAME)
+                                                    if e["index"] < resume_at(e["split"])[0]])
+    journal = JsonLines(out / JOURNAL_NAME, kept or [{"event": "start", "fingerprint": run_id, "items": len(items)}])
+    max_bytes = int(cfg.shard_size_mb * 1e6)
+    writers = {split: SplitWriter(out, split, max_bytes, cfg.max_samples_per_shard, journal, recs)
+               for split, recs in done.items()}
+    seen = {key for recs in done.values() for rec in recs for key in rec["keys"]}
+    kill_after, closed = int(os.environ.get(KILL_ENV, "0") or 0), 0
+
+    def closed_one(record: dict | None) -> None:
+        nonlocal closed
+        closed += record is not None
+        if kill_after and closed >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def take(item: Item, outcome: Outcome | TaskFailed) -> None:
+        """Write an item's samples (those past its split's resume cursor), or quarantine it."""
+        at = resume_at(item.split)
+        fresh = [] if isinstance(outcome, TaskFailed) else [
+            (n, s) for n, s in enumerate(outcome.samples) if (item.index, n) >= at]
+        dup = next((s.key for _, s in fresh if s.key in seen), None)
+        reason = outcome.reason or (f"duplicate key {dup} (already written)" if dup else "")
+        if reason:
+            quarantine.append({"index": item.index, "key": item.key, "source": item.source,
+                               "split": item.split, "reason": reason})
+            return
+        if item.split not in writers:
+            writers[item.split] = SplitWriter(out, item.split, max_bytes, cfg.max_samples_per_shard, journal)
+        for n, sample in fresh:
+            seen.add(sample.key)
+            closed_one(writers[item.split].add(sample, (item.index, n)))
+
+    settings = Settings.from_config(cfg, os.environ.get(FAULT_ENV, ""))
+    todo = (it for it in items if it.index >= resume_at(it.split)[0])
+    bar = tqdm(total=len(items), initial=settled, unit="video", file=sys.stderr, dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+    try:
+        with KillablePool(process_item, cfg.workers, cfg.timeout_s, args=(settings,)) as pool:
+            for item, outcome in pool.map(todo):
+                take(item, outcome)
+                bar.update(1)
+        for writer in writers.values():
+            closed_one(writer.finish((len(items), 0)))
+    except BaseException:
+        for writer in writers.values():
+            writer.discard()
+        raise
+    finally:
+        bar.close()
+        journal.close()
+        quarantine.close()
+    manifest = _write_manifest(out, listing, [r for w in writers.values() for r in w.done],
+                               len(quarantine.records), cfg, list(command or []), inputs)
+    reasons = Counter(re.split(r" \(|: ", e["reason"])[0] for e in quarantine.records)
+    return Summary(items=len(items), skipped=settled, samples=manifest.totals["samples"],
+                   shards=len(manifest.shards), bytes=manifest.totals["bytes"], quarantined=manifest.quarantined,
+                   reasons=reasons, seconds=time.monotonic() - started, processed=len(items) - settled,
+                   out=str(out))

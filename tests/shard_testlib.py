@@ -1,0 +1,82 @@
+"""Helpers for the tests of `vssl shard` / `vssl inspect` (tests/test_shard_*.py): tiny inputs, reading shards back."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import av
+import numpy as np
+
+from data_prep.shard_run import Summary, shard_dataset
+from data_prep.listing import list_inputs
+from pipeline.config import ShardConfig
+from tests.videos import moving_frames, write_video
+
+
+def video(path: Path, frames: int = 16, height: int = 48, width: int = 64, fps: float = 25.0,
+          seed: int = 0, gop: int = 8) -> Path:
+    return write_video(path, num_frames=frames, height=height, width=width, fps=fps, seed=seed, gop=gop)
+
+
+def encoded(path: Path, codec: str, container: str, frames: int = 12, size: int = 32, audio_only: bool = False) -> Path:
+    """A small file in another codec/container (VP8/VP9 webm), or an audio-only file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=container) as out:
+        if audio_only:
+            stream = out.add_stream(codec, rate=16000)
+            for i in range(12):
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 16000, i * 1024
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        else:
+            stream = out.add_stream(codec, rate=25)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            for rgb in moving_frames(frames, size, size):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def run_shard(spec: str | Path, out: Path, root: Path | None = None, fmt: str = "auto", split: str = "train",
+              classes: Path | None = None, **config) -> Summary:
+    """list_inputs + shard_dataset with a test-sized ShardConfig (workers=1 unless given)."""
+    cfg = ShardConfig(**{"workers": 1, **config})
+    listing = list_inputs(str(spec), fmt=fmt, root=str(root) if root else None, split=split,
+                          classes_file=str(classes) if classes else None)
+    return shard_dataset(listing, out, cfg, command=["test"], inputs={"input": str(spec)}, progress=False)
+
+
+def read_samples(out: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {extension: bytes} over every .tar in `out` (sorted by name)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            for member in tf:
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tf.extractfile(member).read()
+    return samples
+
+
+def metas(out: Path) -> dict[str, dict]:
+    return {key: json.loads(members["json"]) for key, members in read_samples(out).items()}
+
+
+def quarantine(out: Path) -> list[dict]:
+    path = out / "quarantine.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def decoded(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
