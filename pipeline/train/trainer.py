@@ -51,9 +51,9 @@ def make_accelerator(train_cfg):
         precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
     timeout = timedelta(seconds=train_cfg.dist_timeout_s)
     backend = "nccl" if on_gpu else "gloo"
-    return Accelerator(
-        mixed_precision=precision, cpu=not on_gpu,
-        kwargs_handlers=[InitProcessGroupKwargs(backend=backend, timeout=timeout)])
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timeout)] if distributed else []
+    return Accelerator(mixed_precision=precision, cpu=not on_gpu, kwargs_handlers=handlers)
 
 
 def _nan_steps() -> set[int]:
