@@ -27,6 +27,7 @@ from pipeline.train.monitor import Monitor
 from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
 
 FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: comma-separated steps whose loss becomes NaN
+FAULT_CRASH_IN_SAVE = "VSSL_FAULT_CRASH_IN_SAVE"  # test hook: die mid-write of this step's checkpoint
 
 
 class TrainingError(RuntimeError):
@@ -72,6 +73,8 @@ def _save(acc, model, optimizer, loader, root: Path, step: int, cfg: PretrainCon
         raise TrainingError(f"step {step}: parameters are not finite; refusing to write a checkpoint")
     if acc.is_main_process:
         ck.write_model(tmp, unwrapped.state_dict())
+        if os.environ.get(FAULT_CRASH_IN_SAVE) == str(step):
+            os._exit(137)
         ck.write_optimizer(tmp, optimizer.state_dict())
     ck.write_rank_state(tmp, acc.process_index, {
         "step": step, "rng": ck.rng_state(), "loader": loader.state_dict(), **extra})
