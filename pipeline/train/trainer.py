@@ -26,7 +26,7 @@ from pipeline.train import checkpoint as ck
 from pipeline.train.monitor import Monitor
 from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
 
-FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: comma-separated steps whose loss becomes NaN
+FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: steps whose loss becomes NaN, once per mention
 FAULT_CRASH_IN_SAVE = "VSSL_FAULT_CRASH_IN_SAVE"  # test hook: die mid-write of this step's checkpoint
 
 
@@ -57,9 +57,9 @@ def make_accelerator(train_cfg):
     return Accelerator(mixed_precision=precision, cpu=not on_gpu, kwargs_handlers=handlers)
 
 
-def _nan_steps() -> set[int]:
+def _nan_steps() -> list[int]:
     text = os.environ.get(FAULT_NAN_STEPS, "")
-    return {int(s) for s in text.split(",") if s.strip()}
+    return [int(s) for s in text.split(",") if s.strip()]
 
 
 def _save(acc, model, optimizer, loader, root: Path, step: int, cfg: PretrainConfig, extra: dict) -> None:
@@ -160,6 +160,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
                     with acc.autocast():
                         loss, logs = model(batch)
                     if step in nan_steps:
+                        nan_steps.remove(step)
                         loss = loss * float("nan")
                     acc.backward(loss / tc.grad_accum)
                 total += loss.detach().float() / tc.grad_accum
