@@ -14,6 +14,7 @@ machinery at the top of this file is generic and knows nothing about them.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from typing import Any, TypeVar
 import yaml
 
 T = TypeVar("T")
+
+
+_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class ConfigError(ValueError):
@@ -78,6 +82,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         vt = args[1] if args else Any
         return {k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 3e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

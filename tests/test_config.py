@@ -11,6 +11,7 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.train.max_steps == 7
     assert cfg.data.mask_ratio == 0.75
     assert cfg.data.crop_size == 224  # default kept
+    assert load_config(PretrainConfig, None, ["train.lr=3e-3"]).train.lr == 0.003
 
 
 @pytest.mark.parametrize("override, needle", [
