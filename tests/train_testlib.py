@@ -1,0 +1,59 @@
+"""Shared pieces of the trainer tests: tiny shards, a tiny recipe, running `vssl pretrain`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.loader_shards import write_shards
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_shards(folder: Path) -> Path:
+    write_shards(folder, [6, 5, 7], num_frames=8, size=32)
+    return folder
+
+
+def tiny_recipe(path: Path, shards: Path, out: Path, objective: str = "videomae", **train) -> Path:
+    recipe = {
+        "data": {"shards": str(shards), "num_frames": 8, "frame_stride": 1, "crop_size": 32, "crop": "center",
+                 "batch_size": 2, "num_workers": 0, "mask_type": "tube", "mask_ratio": 0.75,
+                 "decode_timeout_s": 0.0},
+        "model": {"name": "vit_tiny_joint",
+                  "overrides": {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [2, 8, 8]}},
+        "objective": {"name": objective, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+        "train": {"output_dir": str(out), "max_steps": 6, "lr": 1e-3, "warmup_steps": 1,
+                  "checkpoint_every": 2, "image_every": 100, **train},
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def pretrain_cmd(recipe: Path, *overrides: str) -> list[str]:
+    cmd = [sys.executable, "-m", "pipeline.cli", "pretrain", str(recipe)]
+    for o in overrides:
+        cmd += ["--set", o]
+    return cmd
+
+
+def env(**extra: str) -> dict:
+    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def run(cmd: list[str], timeout: float = 240, **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
+
+
+def losses(out: Path) -> list[float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1)), "metrics steps not contiguous"
+    return [r["loss"] for r in records]
