@@ -108,7 +108,8 @@ def _check_totals(folder: Path, manifest: Manifest) -> list[str]:
                 "shards": len(manifest.shards)}
     for name, value in expected.items():
         if manifest.totals.get(name) != value:
-            problems.append(f"{MANIFEST_NAME}: totals.{name} is {manifest.totals.get(name)}, the shards add up to {value}")
+            problems.append(f"{MANIFEST_NAME}: totals.{name} is {manifest.totals.get(name)}, "
+                            f"the shards add up to {value}")
     names = {s.name for s in manifest.shards}
     problems += [f"{p.name}: shard file not listed in the manifest"
                  for p in sorted(folder.glob("*.tar")) if p.name not in names]

@@ -1,7 +1,7 @@
 """An ordered map over worker processes that can be killed: a per-task time bound that holds.
 
     from data_prep.pool import KillablePool, TaskFailed
-    with KillablePool(process_item, workers=2, timeout_s=60, args=(settings,)) as pool:
+    with KillablePool(process_item, workers=2, timeout_s=60, args=(cfg, faults)) as pool:
         for task, result in pool.map(items):        # in the order of `items`
             if isinstance(result, TaskFailed): print(result.reason)
 
@@ -13,7 +13,8 @@ TaskFailed("worker died (signal 11)"); an exception in the function gives TaskFa
 Results come back in submission order, so what a caller builds from them does not depend on the
 number of workers. At most `ahead` tasks are in flight or waiting to be yielded.
 
-Workers start from a forkserver (cheap to replace, and safe when the parent has threads).
+Workers start from a forkserver (cheap to replace, and safe when the parent has threads), and
+a task's clock starts only once its worker is up and has imported `fn`'s module.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 _END = object()
+_READY = "ready"
+_START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -36,6 +39,7 @@ class TaskFailed:
 
 def _worker_main(conn: Connection, fn: Callable, args: tuple) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
+    conn.send(_READY)  # fn's module is imported by now, so no task's time bound pays for imports
     while True:
         try:
             task = conn.recv()
@@ -62,6 +66,16 @@ class _Worker:
         self.seq = -1
         self.started = 0.0
 
+    def wait_ready(self) -> None:
+        """Block until the worker has started; RuntimeError if it cannot."""
+        try:
+            if self.conn.poll(_START_TIMEOUT_S) and self.conn.recv() == _READY:
+                return
+        except (EOFError, OSError):
+            raise RuntimeError(f"a pool worker failed to start: {self.death()}") from None
+        self.kill()
+        raise RuntimeError(f"a pool worker did not start within {_START_TIMEOUT_S:g}s")
+
     def submit(self, seq: int, task: Any) -> None:
         self.seq, self.started = seq, time.monotonic()
         self.conn.send(task)
@@ -83,14 +97,18 @@ class KillablePool:
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload([fn.__module__])
         self._fn, self._args, self._timeout = fn, args, timeout_s
-        self._workers = [self._spawn() for _ in range(workers)]
-
-    def _spawn(self) -> _Worker:
-        return _Worker(self._ctx, self._fn, self._args)
+        self._workers = [_Worker(self._ctx, fn, args) for _ in range(workers)]
+        try:
+            for worker in self._workers:
+                worker.wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def _replace(self, worker: _Worker) -> _Worker:
-        fresh = self._spawn()
+        fresh = _Worker(self._ctx, self._fn, self._args)
         self._workers[self._workers.index(worker)] = fresh
+        fresh.wait_ready()
         return fresh
 
     def _submit(self, worker: _Worker, seq: int, task: Any, results: dict[int, Any]) -> _Worker:

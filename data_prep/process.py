@@ -1,7 +1,7 @@
 """One listed item -> its shard samples (or the reason it is quarantined); runs in a worker process.
 
-    from data_prep.process import Settings, process_item
-    outcome = process_item(item, Settings.from_config(ShardConfig(transcode=True, short_side=128)))
+    from data_prep.process import process_item
+    outcome = process_item(item, ShardConfig(transcode=True, short_side=128), faults={})
     outcome.samples[0].members   # [("mp4", b"..."), ("json", b"..."), ("boxes.json", b"...")]
 
 Steps: read the bytes, probe them (data_prep.probe), check the annotation sidecars against the
@@ -15,9 +15,9 @@ Each output clip is described by the list of source frames it shows (`frame_plan
 annotations follow that same list. The stored bytes are probed again for the SampleMeta, so the
 metadata describes exactly what is in the shard.
 
-Test hooks (the env var VSSL_SHARD_TEST_FAULT, read by the parent and passed in `Settings`):
-"hang=TEXT" sleeps forever and "crash=TEXT" SIGKILLs the worker on items whose source contains
-TEXT; several are joined with ";".
+Test hooks (the env var VSSL_SHARD_TEST_FAULT, read by the parent and handed to the workers as
+`faults`): "hang=TEXT" sleeps forever and "crash=TEXT" SIGKILLs the worker on items whose source
+contains TEXT; several are joined with ";".
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -43,25 +43,9 @@ FAULT_ENV = "VSSL_SHARD_TEST_FAULT"
 _EPS = 1e-6
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What a worker needs from ShardConfig, plus the test fault hooks."""
-
-    transcode: bool = False
-    short_side: int = 0
-    fps: float = 0.0
-    gop: int = 16
-    crf: int = 23
-    preset: str = "veryfast"
-    segment_s: float = 0.0
-    faults: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, cfg: ShardConfig, faults: str = "") -> "Settings":
-        pairs = [part.split("=", 1) for part in faults.split(";") if "=" in part]
-        return cls(transcode=cfg.transcode, short_side=cfg.short_side, fps=cfg.fps, gop=cfg.gop,
-                   crf=cfg.crf, preset=cfg.preset, segment_s=cfg.segment_s,
-                   faults={name.strip(): text for name, text in pairs})
+def parse_faults(text: str) -> dict[str, str]:
+    """The test hooks of VSSL_SHARD_TEST_FAULT: "hang=TEXT;crash=TEXT" -> {"hang": TEXT, "crash": TEXT}."""
+    return {name.strip(): value for name, value in (part.split("=", 1) for part in text.split(";") if "=" in part)}
 
 
 @dataclass
@@ -160,7 +144,7 @@ def _kept(data: bytes, info: VideoInfo) -> tuple[str, bytes] | None:
 
 
 def _reencode(data: bytes, info: VideoInfo, windows: list[tuple[float, float]], size: tuple[int, int],
-              fps: float, settings: Settings) -> list[tuple[bytes, list[int]]]:
+              fps: float, cfg: ShardConfig) -> list[tuple[bytes, list[int]]]:
     """(mp4 bytes, source frame plan) per window, all from one decode pass."""
     times = info.frame_times
     plans = [frame_plan(times, info.duration, a, b, 0 if fps == info.fps else fps) for a, b in windows]
@@ -175,8 +159,8 @@ def _reencode(data: bytes, info: VideoInfo, windows: list[tuple[float, float]], 
         for plan in plans:
             scaled = (scaler.reformat(frames.get(i), width=width, height=height, format="yuv420p",
                                       interpolation=interpolation) for i in plan)
-            outputs.append((encode_mp4(scaled, fps=fps, gop=settings.gop, crf=settings.crf,
-                                       preset=settings.preset, threads=1), plan))
+            outputs.append((encode_mp4(scaled, fps=fps, gop=cfg.gop, crf=cfg.crf,
+                                       preset=cfg.preset, threads=1), plan))
     return outputs
 
 
@@ -206,21 +190,21 @@ def _annotations(item: Item, info: VideoInfo) -> Annotations | None:
     return load_annotations(sidecars["boxes"], sidecars["masks"], info.num_frames, info.width, info.height)
 
 
-def _samples(item: Item, settings: Settings) -> list[Sample]:
+def _samples(item: Item, cfg: ShardConfig) -> list[Sample]:
     data = read_blob(item.video, "video")
     info = probe(data)
     ann = _annotations(item, info)
-    windows = clip_windows(item, info, settings.segment_s)
-    kept = _kept(data, info) if windows is None and not settings.transcode else None
+    windows = clip_windows(item, info, cfg.segment_s)
+    kept = _kept(data, info) if windows is None and not cfg.transcode else None
     if kept:
         mode, mp4 = kept
         return [_sample(item, item.key, mp4, mode, (0.0, info.duration), info, ann, info.num_frames)]
-    size = output_size(info.width, info.height, settings.short_side if settings.transcode else 0)
-    fps = settings.fps if settings.transcode and settings.fps else info.fps
+    size = output_size(info.width, info.height, cfg.short_side if cfg.transcode else 0)
+    fps = cfg.fps if cfg.transcode and cfg.fps else info.fps
     windows = windows or [(0.0, info.duration)]
     samples = []
-    for n, (window, (mp4, plan)) in enumerate(zip(windows, _reencode(data, info, windows, size, fps, settings))):
-        key = f"{item.key}_seg{n:04d}" if settings.segment_s else item.key
+    for n, (window, (mp4, plan)) in enumerate(zip(windows, _reencode(data, info, windows, size, fps, cfg))):
+        key = f"{item.key}_seg{n:04d}" if cfg.segment_s else item.key
         clip_ann = ann.select(plan, *size) if ann else None
         samples.append(_sample(item, key, mp4, "transcode", window, info, clip_ann, len(plan)))
     return samples
@@ -233,12 +217,12 @@ def _test_faults(item: Item, faults: dict[str, str]) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def process_item(item: Item, settings: Settings) -> Outcome:
+def process_item(item: Item, cfg: ShardConfig, faults: dict[str, str]) -> Outcome:
     """Samples of one item, or an Outcome with the reason it is quarantined."""
     if item.reject:
         return Outcome([], item.reject)
-    _test_faults(item, settings.faults)
+    _test_faults(item, faults)
     try:
-        return Outcome(_samples(item, settings))
+        return Outcome(_samples(item, cfg))
     except (VideoError, AnnotationError) as e:
         return Outcome([], str(e))

@@ -34,7 +34,8 @@ _CONFIG_FLAGS = {
     "gop": ("--gop", "keyframe interval of re-encoded video"),
     "crf": ("--crf", "x264 quality (0-51, lower is better)"),
     "preset": ("--preset", "x264 preset"),
-    "segment_s": ("--segment-s", "cut every clip into consecutive segments of this many seconds"),
+    "segment_s": ("--segment-s", "cut every clip into consecutive segments of this many seconds "
+                                 "(a shorter tail is dropped)"),
 }
 
 
@@ -48,9 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default="auto", choices=("auto", "dirs", "none"),
                         help="folder input: labels from sub-folders (dirs), none, or guess")
     parser.add_argument("--transcode", action="store_true", default=None, help="re-encode to H.264")
+    defaults = ShardConfig()
     for name, (flag, help_text) in _CONFIG_FLAGS.items():
-        kind = type(getattr(ShardConfig(), name))
-        parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+        default = getattr(defaults, name)
+        parser.add_argument(flag, dest=name, type=type(default), default=None,
+                            metavar=flag[2:].upper().replace("-", "_"), help=f"{help_text} (default: {default})")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT's shard files first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -24,7 +24,6 @@ of the run is recorded (a crash at the worst moment, without any cleanup).
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -42,7 +41,7 @@ from tqdm import tqdm
 
 from data_prep.listing import Listing
 from data_prep.pool import KillablePool, TaskFailed
-from data_prep.process import FAULT_ENV, Outcome, Settings, process_item
+from data_prep.process import FAULT_ENV, Outcome, parse_faults, process_item
 from data_prep.sources import Item
 from data_prep.writer import JOURNAL_NAME, Cursor, JsonLines, SplitWriter
 from pipeline.config import ShardConfig, to_dict
@@ -86,7 +85,7 @@ def fingerprint(listing: Listing, cfg: ShardConfig, inputs: dict[str, Any]) -> s
     settings = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "timeout_s")}
     h = hashlib.sha256(json.dumps([settings, inputs, listing.classes], sort_keys=True).encode())
     for item in listing.items:
-        h.update(json.dumps(dataclasses.asdict(item), sort_keys=True, default=str).encode())
+        h.update(repr(item).encode())  # dataclass repr: every field, in a fixed order
     return h.hexdigest()
 
 
@@ -210,12 +209,12 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
             seen.add(sample.key)
             closed_one(writers[item.split].add(sample, (item.index, n)))
 
-    settings = Settings.from_config(cfg, os.environ.get(FAULT_ENV, ""))
+    faults = parse_faults(os.environ.get(FAULT_ENV, ""))
     todo = (it for it in items if it.index >= resume_at(it.split)[0])
     bar = tqdm(total=len(items), initial=settled, unit="video", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)
     try:
-        with KillablePool(process_item, cfg.workers, cfg.timeout_s, args=(settings,)) as pool:
+        with KillablePool(process_item, cfg.workers, cfg.timeout_s, args=(cfg, faults)) as pool:
             for item, outcome in pool.map(todo):
                 take(item, outcome)
                 bar.update(1)

@@ -10,9 +10,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from data_prep.probe import probe
 from data_prep.annotations import npz_bytes
 from data_prep.listing import list_inputs
+from data_prep.probe import probe
 from data_prep.sources import ListingError
 from pipeline.cli import main
 from pipeline.data.shard_format import SampleMeta, make_key, read_manifest
@@ -25,7 +25,8 @@ def test_folder_tree_labelled(tmp_path):
     summary = run_shard(tmp_path / "in", tmp_path / "out")
     manifest = read_manifest(tmp_path / "out")
     assert manifest.classes == ["cat", "dog"]
-    got = {m["source"].split("/in/")[1]: (m["label"], m["label_name"], m["num_frames"]) for m in metas(tmp_path / "out").values()}
+    got = {m["source"].split("/in/")[1]: (m["label"], m["label_name"], m["num_frames"])
+           for m in metas(tmp_path / "out").values()}
     assert got == {"cat/clip1.mp4": (0, "cat", 16), "cat/clip2.mp4": (0, "cat", 16), "dog/clip0.mp4": (1, "dog", 16)}
     assert summary.samples == 3 and manifest.totals["samples"] == 3
 
@@ -96,7 +97,8 @@ def test_synth_layout_end_to_end_through_the_cli(tmp_path, capsys):
     for n, (split, cls) in enumerate([("train", "circle"), ("train", "square"), ("val", "circle")]):
         stem = root / "videos" / split / cls / f"syn{n:05d}_000000_000001"
         video(stem.with_suffix(".mp4"), frames=16, seed=n)
-        (stem.parent / f"{stem.name}.boxes.json").write_text(json.dumps({"format": "xyxy", "boxes": [[1, 2, 3, 4]] * 16}))
+        boxes = {"format": "xyxy", "boxes": [[1, 2, 3, 4]] * 16}
+        (stem.parent / f"{stem.name}.boxes.json").write_text(json.dumps(boxes))
         (stem.parent / f"{stem.name}.masks.npz").write_bytes(npz_bytes(masks=np.full((16, 48, 64), n, np.uint8)))
         rows.append(f"{cls},syn{n:05d},0,1,{split}")
     (root / "kinetics.csv").write_text("\n".join(rows) + "\n")
