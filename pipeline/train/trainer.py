@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import PretrainConfig, to_dict
+from pipeline.config import ConfigError, PretrainConfig, to_dict
 from pipeline.train import checkpoint as ck
 from pipeline.train.monitor import Monitor
 from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
 
 FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: steps whose loss becomes NaN, once per mention
 FAULT_CRASH_IN_SAVE = "VSSL_FAULT_CRASH_IN_SAVE"  # test hook: die mid-write of this step's checkpoint
+DEEPSPEED_TAG = "deepspeed"  # sub-folder of a checkpoint holding DeepSpeed's engine state
 
 
 class TrainingError(RuntimeError):
@@ -62,20 +63,36 @@ def _nan_steps() -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()]
 
 
+def _all_finite(acc, value: torch.Tensor) -> bool:
+    """True when `value` is finite on every rank (a collective: all ranks must call it)."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0], device=acc.device)
+    return acc.reduce(bad, reduction="sum").item() == 0
+
+
+def _uses_deepspeed(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type == DistributedType.DEEPSPEED
+
+
 def _save(acc, model, optimizer, loader, root: Path, step: int, cfg: PretrainConfig, extra: dict) -> None:
-    """Every rank writes its own state; rank 0 writes the shared parts and commits the folder."""
+    """Every rank writes its own state; rank 0 writes the shared parts and commits the folder.
+    Under DeepSpeed the (possibly partitioned) optimizer state is DeepSpeed's own checkpoint."""
     tmp = root / f"step-{step:06d}.tmp"
     if acc.is_main_process:
         ck.begin_save(root, step)
     acc.wait_for_everyone()
-    unwrapped = acc.unwrap_model(model)
-    if any(not torch.isfinite(p).all() for p in unwrapped.parameters()):
-        raise TrainingError(f"step {step}: parameters are not finite; refusing to write a checkpoint")
+    state_dict = acc.get_state_dict(model)  # gathers ZeRO-3 shards; collective
     if acc.is_main_process:
-        ck.write_model(tmp, unwrapped.state_dict())
+        if any(not torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point()):
+            raise TrainingError(f"step {step}: parameters are not finite; refusing to write a checkpoint")
+        ck.write_model(tmp, state_dict)
         if os.environ.get(FAULT_CRASH_IN_SAVE) == str(step):
             os._exit(137)
-        ck.write_optimizer(tmp, optimizer.state_dict())
+        if not _uses_deepspeed(acc):
+            ck.write_optimizer(tmp, optimizer.state_dict())
+    if _uses_deepspeed(acc):
+        model.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
     ck.write_rank_state(tmp, acc.process_index, {
         "step": step, "rng": ck.rng_state(), "loader": loader.state_dict(), **extra})
     acc.wait_for_everyone()
@@ -113,17 +130,28 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
     resumed_from = None
     state: dict = {"epoch": 0, "nonfinite": 0}
     folder = _resume_folder(cfg, ckpt_root)
+    deepspeed = _uses_deepspeed(acc)
+    if deepspeed:
+        if tc.grad_accum != 1:
+            raise ConfigError("train.grad_accum: with DeepSpeed set gradient_accumulation_steps in its JSON instead")
+        ds = acc.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size * cfg.data.repeated_samples
+        ds["gradient_clipping"] = tc.grad_clip
     if folder is not None:
         objective.load_state_dict(ck.load_model_state(folder))
-        optimizer.load_state_dict(ck.load_optimizer_state(folder))
+        if not deepspeed:
+            optimizer.load_state_dict(ck.load_optimizer_state(folder))
+    if tc.grad_checkpointing:
+        objective.set_grad_checkpointing(True)
+    model, optimizer = acc.prepare(objective, optimizer)
+    if folder is not None:
+        if deepspeed:
+            model.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=True)
         rank_state = ck.load_rank_state(folder, acc.process_index)
         ck.set_rng_state(rank_state["rng"])
         loader.load_state_dict(rank_state["loader"])
         state = {k: rank_state[k] for k in state}
         resumed_from = rank_state["step"]
-    if tc.grad_checkpointing:
-        objective.set_grad_checkpointing(True)
-    model, optimizer = acc.prepare(objective, optimizer)
     if tc.compile:
         model = torch.compile(model)
 
@@ -150,7 +178,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
             set_lr(optimizer, lr)
             t_start = time.perf_counter()
             wait = 0.0
-            total, logs, batch = 0.0, {}, None
+            total, logs, batch, finite = 0.0, {}, None, True
             for micro in range(tc.grad_accum):
                 t0 = time.perf_counter()
                 batch = next_batch()
@@ -162,12 +190,18 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
                     if step in nan_steps:
                         nan_steps.remove(step)
                         loss = loss * float("nan")
+                    # decided before backward (DeepSpeed steps inside backward), the same on every rank
+                    finite = _all_finite(acc, loss.detach())
+                    if not finite:
+                        break
                     acc.backward(loss / tc.grad_accum)
                 total += loss.detach().float() / tc.grad_accum
-            grad_norm = acc.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-            bad = torch.tensor([0.0 if torch.isfinite(total) and torch.isfinite(grad_norm) else 1.0],
-                               device=acc.device)
-            if acc.reduce(bad, reduction="sum").item() > 0:
+            grad_norm = float("nan")
+            if finite:
+                norm = acc.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                grad_norm = float(norm) if norm is not None else float("nan")
+                finite = deepspeed or _all_finite(acc, torch.as_tensor(grad_norm))
+            if not finite:
                 optimizer.zero_grad(set_to_none=True)
                 state["nonfinite"] += 1
                 monitor.warn(f"step {step}: non-finite loss or gradient, update skipped "
@@ -183,7 +217,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             loss_value = acc.reduce(total.to(acc.device), reduction="mean").item()
-            monitor.step(step, loss_value, lr, float(grad_norm), logs, batch, model,
+            monitor.step(step, loss_value, lr, grad_norm, logs, batch, model,
                          step_time=time.perf_counter() - t_start, data_wait=wait, loader=loader)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 _save(acc, model, optimizer, loader, ckpt_root, step, cfg, state)
