@@ -103,3 +103,27 @@ def test_two_nodes_over_loopback_train_as_one_job(reference):
     procs = [launch(recipe, out, machines=2, port=port, rank=r) for r in (0, 1)]
     finished(procs, out)
     _same_as_reference(reference, out)
+
+
+def test_deepspeed_zero2_on_cpu_trains_and_resumes(reference):
+    pytest.importorskip("deepspeed")
+    recipe, _, _, tmp = reference
+    out = tmp / "zero2"
+
+    def launch_ds(steps: int) -> None:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed",
+               "--deepspeed_config_file", str(ROOT / "recipes/deepspeed/zero2.json"), "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+               "--dynamo_backend", "no", "-m", "pipeline.cli", "pretrain", str(recipe),
+               "--set", f"train.output_dir={out}", "--set", f"train.max_steps={steps}"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(DS_ACCELERATOR="cpu"), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        logs = proc.communicate(timeout=400)[0]
+        final = ck.latest_checkpoint(out / "checkpoints")
+        assert final is not None and final.name == f"step-{steps:06d}", logs[-3000:]
+        assert (final / "deepspeed").is_dir(), "DeepSpeed did not run (no engine checkpoint)"
+
+    launch_ds(4)
+    _same_as_reference(reference, out)  # ZeRO-2 over 2 ranks == the same global batch in one process
+    launch_ds(6)  # resumes from DeepSpeed's own optimizer state
+    assert len(losses(out)) == 6

@@ -55,7 +55,9 @@ def make_accelerator(train_cfg):
     backend = "nccl" if on_gpu else "gloo"
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     handlers = [InitProcessGroupKwargs(backend=backend, timeout=timeout)] if distributed else []
-    return Accelerator(mixed_precision=precision, cpu=not on_gpu, kwargs_handlers=handlers)
+    # DeepSpeed on CPU (DS_ACCELERATOR=cpu) runs over gloo, but only if Accelerate is not forced to CPU mode
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    return Accelerator(mixed_precision=precision, cpu=not on_gpu and not deepspeed, kwargs_handlers=handlers)
 
 
 def _nan_steps() -> list[int]:
