@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.data.transforms import ClipTransform, TransformSpec, normalize_
+from pipeline.data.transforms import ClipTransform, TransformSpec, to_normalized_float
 
 T, H, W = 4, 48, 64
 
@@ -92,9 +92,11 @@ def test_box_leaving_the_view_becomes_nan():
     assert torch.isnan(b).all() and m.sum() == 0
 
 
-def test_normalize():
-    video = torch.full((1, 3, 2, 4, 5), 255.0)
+@pytest.mark.parametrize("frames", [2, 700])  # 700 frames: a buffer large enough for huge pages
+def test_to_normalized_float(frames):
+    video = torch.full((1, 3, frames, 64, 64), 255, dtype=torch.uint8)
     video[:, 1] = 0
-    out = normalize_(video, (0.5, 0.5, 0.5), (0.25, 0.5, 0.5))
-    assert torch.allclose(out[0, 0], torch.full((2, 4, 5), 2.0))
-    assert torch.allclose(out[0, 1], torch.full((2, 4, 5), -1.0))
+    out = to_normalized_float(video, (0.5, 0.5, 0.5), (0.25, 0.5, 0.5))
+    assert out.dtype == torch.float32 and out.shape == video.shape
+    assert torch.allclose(out[0, 0], torch.full((frames, 64, 64), 2.0))
+    assert torch.allclose(out[0, 1], torch.full((frames, 64, 64), -1.0))

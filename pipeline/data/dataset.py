@@ -29,13 +29,13 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.data.decode import DecodeError
-from pipeline.data.decode_process import make_decoder
+from pipeline.data.decode_process import keep_freed_memory, make_decoder
 from pipeline.data.masking import make_masker, running_cell_mask
 from pipeline.data.plan import EpochPlan, PlanSpec, StreamPlan, mix_seed
 from pipeline.data.sampling import ClipSampling
 from pipeline.data.shard_format import BOXES_EXT, MASKS_EXT, META_EXT, VIDEO_EXT, SampleMeta, ShardFormatError
 from pipeline.data.tar_reader import RawSample, read_segment
-from pipeline.data.transforms import ClipTransform, TransformSpec, normalize_
+from pipeline.data.transforms import ClipTransform, TransformSpec
 
 log = logging.getLogger("vssl.data")
 MASK_IGNORE = 255  # `masks` value for clips of samples without masks in a batch that has some
@@ -136,6 +136,8 @@ class ClipDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            keep_freed_memory()
         spec, streams = self.batch_spec, self.plan_spec.streams
         plan = self.plan()
         decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
@@ -191,7 +193,7 @@ class ClipDataset(IterableDataset):
         spec = self.batch_spec
         size, frames = spec.transform.crop_size, spec.sampling.num_frames
         capacity = len(raws) * spec.clips_per_sample
-        video = torch.empty(capacity, 3, frames, size, size)
+        video = _batch_tensor((capacity, 3, frames, size, size))  # uint8: the loader normalises
         labels, keys, boxes, masks = [], [], [], []
         skipped: Counter = Counter()
         decoded = 0
@@ -210,7 +212,8 @@ class ClipDataset(IterableDataset):
                 boxes.append(clip_boxes)
                 masks.append(clip_masks)
         n = len(keys)
-        video = normalize_(video[:n] if n == capacity else video[:n].clone(), spec.mean, spec.std)
+        if n < capacity:
+            video = _batch_tensor(video.shape[1:], n).copy_(video[:n])
         generator = torch.Generator().manual_seed(mask_seed)
         batch = {"video": video, "label": torch.tensor(labels, dtype=torch.long), "key": keys,
                  "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample}
@@ -223,6 +226,17 @@ class ClipDataset(IterableDataset):
             ignore = torch.full((frames, size, size), MASK_IGNORE, dtype=torch.uint8)
             batch["masks"] = torch.stack([ignore if m is None else m for m in masks])
         return batch, {"samples": decoded, "clips": n, "skipped": dict(skipped)}
+
+
+def _batch_tensor(shape: tuple, rows: int | None = None) -> torch.Tensor:
+    """An empty uint8 tensor; in a DataLoader worker, in shared memory from the start so handing
+    it to the main process costs no copy (as torch's default_collate does)."""
+    shape = tuple(shape) if rows is None else (rows, *shape)
+    empty = torch.empty(0, dtype=torch.uint8)
+    if get_worker_info() is None:
+        return empty.new_empty(shape)
+    storage = empty._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")
+    return empty.new(storage).view(shape)
 
 
 def _frames_of(annotation: np.ndarray | None, ids: np.ndarray, key: str, ext: str) -> torch.Tensor | None:

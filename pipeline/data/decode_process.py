@@ -8,19 +8,19 @@ Why a process: decord can spin forever inside native code (no signal interrupts 
 cannot be stopped), and a corrupt file can crash FFmpeg outright. So a worker sends each video to
 its helper (`python -m pipeline.data.decode_process`, started on first use) and waits at most
 `timeout_s` for the reply; on timeout it kills the helper, restarts it on the next sample and skips
-this one as `decode_timeout` (a crash: `decoder_crashed`). The helper writes frames into a memfd
-shared with the worker, so a sample costs one pipe round trip plus one frame copy
+this one as `decode_timeout` (a crash: `decoder_crashed`). Video bytes and decoded frames travel
+through a memfd shared by the two, so a sample costs one small pipe round trip and one frame copy
 (`decode_isolation_cost` in benchmarks/loader.py measures it). timeout_s=0 decodes in the worker
 itself (InProcessDecoder): no bound, no overhead.
 
-Wire format (both directions): 4-byte big-endian length + JSON header, then the request's payload
-(video bytes). Never pickle. The helper dies with its worker (PR_SET_PDEATHSIG) and is recycled
+Wire format (both directions): 4-byte big-endian length + a JSON header. Never pickle. The helper dies with its worker (PR_SET_PDEATHSIG) and is recycled
 every _RECYCLE_AFTER decodes to bound decord's memory growth across readers.
 Test hook: VSSL_TEST_DECODE_SLEEP_KEY=<key> makes the helper sleep before decoding that key.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import os
@@ -39,9 +39,12 @@ from pipeline.data.decode import DecodedClips, DecodeError, decode_clips
 from pipeline.data.sampling import ClipSampling
 
 _HEADER = struct.Struct(">I")
-_SHM_BYTES = 1 << 31  # sparse: pages are only allocated when written
+# the shared memfd: [0, _REGION) the request's video bytes, [_REGION, 2 * _REGION) the frames;
+# sparse, so pages exist only where written
+_REGION = 1 << 30
 _STARTUP_TIMEOUT_S = 120.0
 _RECYCLE_AFTER = 2000
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 SLEEP_KEY_ENV = "VSSL_TEST_DECODE_SLEEP_KEY"
 
 
@@ -81,9 +84,9 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
     return b"".join(parts)
 
 
-def _pack(header: dict, payload: bytes = b"") -> bytes:
+def _pack(header: dict) -> bytes:
     head = json.dumps(header).encode()
-    return _HEADER.pack(len(head)) + head + payload
+    return _HEADER.pack(len(head)) + head
 
 
 class IsolatedDecoder:
@@ -92,8 +95,8 @@ class IsolatedDecoder:
         self._proc: subprocess.Popen | None = None
         self._uses = 0
         self._shm_fd = os.memfd_create("vssl-decode")
-        os.ftruncate(self._shm_fd, _SHM_BYTES)
-        self._shm = mmap.mmap(self._shm_fd, _SHM_BYTES)
+        os.ftruncate(self._shm_fd, 2 * _REGION)
+        self._shm = mmap.mmap(self._shm_fd, 2 * _REGION)
 
     def _start(self) -> None:
         root = str(Path(__file__).resolve().parents[2])
@@ -129,7 +132,10 @@ class IsolatedDecoder:
         self._uses += 1
         deadline = time.monotonic() + self.timeout_s
         try:
-            request = _pack(dict(key=key, seed=seed, limit=frame_limit, size=len(data)), data)
+            if len(data) > _REGION:
+                raise DecodeError("clip_too_large", f"video of {len(data)} bytes")
+            self._shm[:len(data)] = data
+            request = _pack(dict(key=key, seed=seed, limit=frame_limit, size=len(data)))
             _write_all(self._proc.stdin.fileno(), request, deadline)
             reply = self._receive(deadline)
         except TimeoutError:
@@ -142,7 +148,7 @@ class IsolatedDecoder:
         if not reply["ok"]:
             raise DecodeError(reply["reason"], reply.get("detail", ""))
         shape = tuple(reply["shape"])
-        frames = np.ndarray(shape, dtype=np.uint8, buffer=self._shm)
+        frames = np.ndarray(shape, dtype=np.uint8, buffer=self._shm, offset=_REGION)
         return DecodedClips(frames, np.asarray(reply["frame_ids"], dtype=np.int64),
                             [np.asarray(w, dtype=np.int64) for w in reply["where"]], reply["num_frames"])
 
@@ -152,6 +158,18 @@ class IsolatedDecoder:
         os.close(self._shm_fd)
 
 
+def keep_freed_memory() -> None:
+    """Make glibc keep freed multi-MB blocks instead of returning them to the OS: a clip's buffers
+    are allocated and freed again for every sample, and faulting fresh pages back in cost more than
+    the transforms themselves (measured on this project's VMs). Only for the loader's own processes."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+
+
 def make_decoder(decoder: str, sampling: ClipSampling, timeout_s: float) -> InProcessDecoder | IsolatedDecoder:
     """The worker's decoder: isolated in a helper process when timeout_s > 0."""
     return IsolatedDecoder(decoder, sampling, timeout_s) if timeout_s > 0 else InProcessDecoder(decoder, sampling)
@@ -159,8 +177,6 @@ def make_decoder(decoder: str, sampling: ClipSampling, timeout_s: float) -> InPr
 
 def _die_with_parent(parent: int) -> None:
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
@@ -169,8 +185,9 @@ def _die_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> int:
     decoder, sampling_json, shm_fd, parent = argv[0], argv[1], int(argv[2]), int(argv[3])
     _die_with_parent(parent)
+    keep_freed_memory()
     sampling = ClipSampling(**json.loads(sampling_json))
-    shm = mmap.mmap(shm_fd, _SHM_BYTES)
+    shm = mmap.mmap(shm_fd, 2 * _REGION)
     sleep_key = os.environ.get(SLEEP_KEY_ENV)
     requests, replies = 0, os.dup(1)
     os.dup2(2, 1)  # anything a native library prints goes to stderr, not into the replies
@@ -185,7 +202,7 @@ def main(argv: list[str]) -> int:
         except EOFError:
             return 0
         request = json.loads(_read_exact(requests, size, None))
-        data = _read_exact(requests, request["size"], None)
+        data = shm[:request["size"]]
         if request["key"] == sleep_key:
             time.sleep(3600)
         try:
@@ -193,10 +210,10 @@ def main(argv: list[str]) -> int:
         except DecodeError as e:
             reply(dict(ok=False, reason=e.reason, detail=e.detail[:300]))
             continue
-        if decoded.frames.nbytes > _SHM_BYTES:
-            reply(dict(ok=False, reason="clip_too_large", detail=f"{decoded.frames.nbytes} bytes"))
+        if decoded.frames.nbytes > _REGION:
+            reply(dict(ok=False, reason="clip_too_large", detail=f"frames of {decoded.frames.nbytes} bytes"))
             continue
-        np.ndarray(decoded.frames.shape, dtype=np.uint8, buffer=shm)[...] = decoded.frames
+        np.ndarray(decoded.frames.shape, dtype=np.uint8, buffer=shm, offset=_REGION)[...] = decoded.frames
         reply(dict(ok=True, shape=list(decoded.frames.shape), num_frames=decoded.num_frames,
                    frame_ids=decoded.frame_ids.tolist(), where=[w.tolist() for w in decoded.where]))
 

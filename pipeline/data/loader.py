@@ -44,7 +44,7 @@ from pipeline.data.masking import make_masker
 from pipeline.data.plan import PlanSpec
 from pipeline.data.sampling import ClipSampling
 from pipeline.data.shards import list_shards
-from pipeline.data.transforms import TransformSpec
+from pipeline.data.transforms import TransformSpec, to_normalized_float
 
 STATE_VERSION = 1
 
@@ -71,9 +71,11 @@ class ClipLoader:
         self.dataset.epoch, self.dataset.start_batch = self.epoch, self.batches_done
         if self.num_workers > 0:
             source = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                     prefetch_factor=self.prefetch_factor, pin_memory=torch.cuda.is_available()))
+                                     prefetch_factor=self.prefetch_factor))
         else:
             source = iter(self.dataset)
+        spec = self.dataset.batch_spec
+        pinned = torch.cuda.is_available()  # the float batch is made in pinned memory for fast copies
         started = time.perf_counter()
         try:
             while self.batches_done < total:
@@ -82,6 +84,7 @@ class ClipLoader:
                     batch, events = next(source)
                 except StopIteration:
                     raise RuntimeError(f"data: workers stopped after {self.batches_done} of {total} batches") from None
+                batch["video"] = to_normalized_float(batch["video"], spec.mean, spec.std, pinned)
                 self._wait_s += time.perf_counter() - t0
                 self.batches_done += 1
                 self._counts.update(batches=1, samples=events["samples"], clips=events["clips"])

@@ -5,8 +5,10 @@
     views = transform(video_tchw_uint8, boxes_t4, masks_thw, seed=1234)  # [(video, boxes, masks)]
 
 Built on torchvision.transforms.v2: the clip is a `tv_tensors.Video` (T, C, H, W), per-frame boxes
-a `BoundingBoxes` (T, 4) in XYXY pixels (NaN rows = object absent) and masks a `Mask` (T, H, W),
-so one draw of crop/flip parameters moves pixels, boxes and masks together.
+a `BoundingBoxes` (T, 4) in XYXY pixels (NaN rows = object absent) and masks a `Mask` (T, H, W);
+one draw of crop/flip parameters is applied to all three by v2's functional kernels, which move
+pixels, boxes and masks alike. (Called directly rather than through v2.Compose, whose dispatch
+cost per clip was larger than the resize itself.)
 
 Training (one view): crop + resize to crop_size x crop_size, then horizontal flip, then optional
 RandAugment (same op and magnitude on all frames; with annotations only its photometric ops run,
@@ -15,18 +17,22 @@ as torchvision's RandAugment does not move boxes or masks). Crops:
     multiscale      VideoMAE's multi-scale crop: side lengths (1, .875, .75, .66) of the short
                     side, width and height at most one scale step apart, 13 fixed offsets
     random_resized  RandomResizedCrop with area fraction in crop_scale
-    center          short side resized to crop_size, centre crop
+    center          the central square of the short side, resized
 
 Evaluation: short side resized to crop_size, then `eval_crops` deterministic square views spread
 along the long side (1: centre; 3: start/centre/end). Boxes that leave the view become NaN rows.
 Randomness comes from the torch RNG seeded per call with `seed` (the caller's RNG is restored).
-Normalisation happens once per batch, in place, in `normalize_`.
+Workers hand clips over as uint8 (4x less shared memory than float); `to_normalized_float`
+turns a batch into normalised float32 in the main process.
 """
 
 from __future__ import annotations
 
+import mmap
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
@@ -55,25 +61,20 @@ class TransformSpec:
     train: bool = True
 
 
-class MultiScaleCrop(v2.Transform):
-    """Crop a (h, w) region picked from scales of the short side at a fixed offset, then resize."""
+def multiscale_params(height: int, width: int, scales: tuple[float, ...] = MULTISCALE_SCALES,
+                      max_distort: int = 1) -> dict:
+    """A (h, w) crop picked from scales of the short side, at one of the fixed offsets."""
+    sides = [max(1, int(min(height, width) * s)) for s in scales]
+    pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= max_distort]
+    crop_h, crop_w = pairs[int(torch.randint(len(pairs), ()))]
+    qy, qx = _FIXED_OFFSETS[int(torch.randint(len(_FIXED_OFFSETS), ()))]
+    return dict(top=(height - crop_h) * qy // 4, left=(width - crop_w) * qx // 4, height=crop_h, width=crop_w)
 
-    def __init__(self, size: int, scales: tuple[float, ...] = MULTISCALE_SCALES, max_distort: int = 1):
-        super().__init__()
-        self.size, self.scales, self.max_distort = size, scales, max_distort
 
-    def make_params(self, flat_inputs: list) -> dict:
-        height, width = v2.query_size(flat_inputs)
-        sides = [max(1, int(min(height, width) * s)) for s in self.scales]
-        pairs = [(h, w) for i, h in enumerate(sides) for j, w in enumerate(sides)
-                 if abs(i - j) <= self.max_distort]
-        crop_h, crop_w = pairs[int(torch.randint(len(pairs), ()))]
-        qy, qx = _FIXED_OFFSETS[int(torch.randint(len(_FIXED_OFFSETS), ()))]
-        return dict(top=(height - crop_h) * qy // 4, left=(width - crop_w) * qx // 4,
-                    height=crop_h, width=crop_w)
-
-    def transform(self, inpt, params: dict):
-        return self._call_kernel(F.resized_crop, inpt, **params, size=[self.size, self.size], antialias=True)
+def center_params(height: int, width: int) -> dict:
+    """The central square of side min(height, width): resized, it is Resize(short side) + CenterCrop."""
+    side = min(height, width)
+    return dict(top=(height - side) // 2, left=(width - side) // 2, height=side, width=side)
 
 
 class PhotometricRandAugment(v2.RandAugment):
@@ -83,31 +84,16 @@ class PhotometricRandAugment(v2.RandAugment):
                            if k not in _GEOMETRIC_OPS}
 
 
-def _spatial_pipeline(spec: TransformSpec) -> v2.Compose:
-    size = spec.crop_size
-    if spec.crop == "multiscale":
-        ops: list = [MultiScaleCrop(size)]
-    elif spec.crop == "random_resized":
-        ops = [v2.RandomResizedCrop(size, scale=spec.crop_scale, antialias=True)]
-    elif spec.crop == "center":
-        ops = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
-    else:
-        raise ValueError(f"crop {spec.crop!r}: must be one of {', '.join(CROP_MODES)}")
-    if spec.flip_prob > 0:
-        ops.append(v2.RandomHorizontalFlip(spec.flip_prob))
-    return v2.Compose(ops)
-
-
-def eval_views(inputs: tuple, size: int, num_crops: int) -> list[tuple]:
+def eval_views(inputs: list, size: int, num_crops: int) -> list[list]:
     """Short side -> size, then num_crops square views from start to end of the long side."""
-    resized = v2.Resize(size, antialias=True)(inputs)
-    height, width = v2.query_size(list(resized))
+    resized = [F.resize(x, [size], antialias=True) for x in inputs]
+    height, width = resized[0].shape[-2:]
     room_y, room_x = height - size, width - size
     views = []
     for j in range(num_crops):
         frac = 0.5 if num_crops == 1 else j / (num_crops - 1)
         top, left = (round(room_y * frac), 0) if room_y > room_x else (0, round(room_x * frac))
-        views.append(tuple(F.crop(x, top, left, size, size) for x in resized))
+        views.append([F.crop(x, top, left, size, size) for x in resized])
     return views
 
 
@@ -120,43 +106,83 @@ def _absent_to_nan(boxes: Tensor) -> Tensor:
 
 class ClipTransform:
     def __init__(self, spec: TransformSpec):
+        if spec.crop not in CROP_MODES:
+            raise ValueError(f"crop {spec.crop!r}: must be one of {', '.join(CROP_MODES)}")
         self.spec = spec
-        self._spatial = _spatial_pipeline(spec) if spec.train else None
+        self._random_resized = v2.RandomResizedCrop(spec.crop_size, scale=spec.crop_scale)
         self._augment = self._augment_annotated = None
         if spec.train and spec.rand_augment_ops > 0:
             args = dict(num_ops=spec.rand_augment_ops, magnitude=spec.rand_augment_magnitude)
             self._augment = v2.RandAugment(**args)
             self._augment_annotated = PhotometricRandAugment(**args)
 
+    def _train_view(self, inputs: list) -> list:
+        """One draw of crop and flip, applied by v2's kernels to the video, boxes and masks alike."""
+        height, width = inputs[0].shape[-2:]
+        if self.spec.crop == "multiscale":
+            params = multiscale_params(height, width)
+        elif self.spec.crop == "random_resized":
+            params = self._random_resized.make_params(inputs[:1])
+        else:
+            params = center_params(height, width)
+        flip = bool(torch.rand(()) < self.spec.flip_prob)
+        size = [self.spec.crop_size] * 2
+        view = [F.resized_crop(x, **params, size=size, antialias=True) for x in inputs]
+        if flip:
+            view = [F.horizontal_flip(x) for x in view]
+        augment = self._augment_annotated if len(inputs) > 1 else self._augment
+        if augment is not None:  # RandAugment takes the video alone
+            view[0] = augment(view[0])
+        return view
+
     def __call__(self, video: Tensor, boxes: Tensor | None = None, masks: Tensor | None = None,
                  seed: int = 0) -> list[View]:
         """video (T, C, H, W) uint8, boxes (T, 4) XYXY, masks (T, H, W) -> list of views."""
-        inputs: tuple = (tv_tensors.Video(video),)
+        inputs: list = [tv_tensors.Video(video)]
         if boxes is not None:
-            inputs += (tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(video.shape[-2:])),)
+            inputs.append(tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=tuple(video.shape[-2:])))
         if masks is not None:
-            inputs += (tv_tensors.Mask(masks),)
+            inputs.append(tv_tensors.Mask(masks))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed also queues CUDA/XPU seeding
             if self.spec.train:
-                view = list(self._spatial(inputs))
-                augment = self._augment_annotated if len(inputs) > 1 else self._augment
-                if augment is not None:  # RandAugment takes the video alone
-                    view[0] = augment(view[0])
-                views = [view]
+                views = [self._train_view(inputs)]
             else:
                 views = eval_views(inputs, self.spec.crop_size, self.spec.eval_crops)
         out = []
         for view in views:
-            view = list(view)
             v_boxes = _absent_to_nan(view.pop(1)) if boxes is not None else None
             v_masks = view.pop(1).as_subclass(Tensor) if masks is not None else None
             out.append((view[0].as_subclass(Tensor), v_boxes, v_masks))
         return out
 
 
-def normalize_(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
-    """In place: float video (n, C, T, H, W) with values in [0, 255] -> (x / 255 - mean) / std."""
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, -1, 1, 1, 1)
-    bias = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, -1, 1, 1, 1)
-    return video.mul_(scale).add_(bias)
+_HUGE_PAGES_FROM = 32 << 20  # glibc serves smaller blocks from its heap; above, fresh mmap pages
+
+
+def _empty_float(shape: tuple[int, ...], pinned: bool) -> Tensor:
+    """torch.empty, pinned for CUDA copies; large unpinned buffers ask for transparent huge pages,
+    since faulting in a fresh 4 KiB-paged buffer costs more than the conversion (measured here)."""
+    nbytes = math.prod(shape) * 4
+    if pinned:
+        return torch.empty(shape, pin_memory=True)
+    if nbytes < _HUGE_PAGES_FROM or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(shape)
+    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buffer.madvise(mmap.MADV_HUGEPAGE)
+    return torch.frombuffer(buffer, dtype=torch.float32).view(shape)
+
+
+def to_normalized_float(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
+                        pinned: bool = False) -> Tensor:
+    """uint8 (n, C, T, H, W) -> float32 (x / 255 - mean) / std in fresh memory.
+
+    numpy does the arithmetic: single-threaded by design, it costs a fraction of torch's intra-op
+    threads competing with the loader's own worker processes (measured: ~6x less CPU)."""
+    out = _empty_float(tuple(video.shape), pinned)
+    array = out.numpy()
+    np.copyto(array, video.numpy(), casting="unsafe")
+    shape = (1, -1) + (1,) * (video.dim() - 2)
+    array *= np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(shape)
+    array += np.asarray([-m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(shape)
+    return out
