@@ -68,8 +68,9 @@ class Attention(nn.Module):
     def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, D) -> q, k, v each (B, heads, N, D / heads)."""
         b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        return qkv[0], qkv[1], qkv[2]
+        # unbind (not indexing) so the backward stacks the three gradients with one copy
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def merge_heads(self, o: Tensor) -> Tensor:
         """(B, heads, N, D / heads) -> projected (B, N, D)."""
