@@ -206,14 +206,24 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
     batches = iter(loader)
 
     def next_batch():
+        """The next batch holding at least one clip. A batch whose every sample was bad (skipped and
+        counted by the loader) is passed over; every rank still takes one batch per micro-step."""
         nonlocal batches
+        empty = 0
         while True:
             try:
-                return next(batches)
+                batch = next(batches)
             except StopIteration:
                 state["epoch"] += 1
                 loader.set_epoch(state["epoch"])
                 batches = iter(loader)
+                continue
+            if len(batch["video"]):
+                return batch
+            empty += 1
+            if empty > len(loader):
+                raise TrainingError(f"step {step}: {empty} batches in a row held no usable sample "
+                                    f"(skipped so far: {loader.stats()['skipped']})")
 
     loss_value = float("nan")
     try:
