@@ -20,3 +20,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(item.fspath).parents:
             item.add_marker(pytest.mark.faults)
+
+
+@pytest.fixture(scope="session")
+def train_setup(tmp_path_factory):
+    """Tiny shards and recipe, and the loss trace of one uninterrupted 8-step `vssl pretrain` run."""
+    from tests.faults.training import TrainSetup
+
+    return TrainSetup.make(tmp_path_factory.mktemp("train"))
