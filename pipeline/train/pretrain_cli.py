@@ -29,7 +29,8 @@ def build_encoder(cfg: PretrainConfig):
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: cannot build {cfg.model.name!r} with {kwargs}: {e}") from None
+        raise ConfigError(f"model: cannot build {cfg.model.name!r} with {kwargs} (num_frames is data.num_frames, "
+                          f"img_size data.crop_size): {e}") from None
 
 
 def build_objective(cfg: PretrainConfig):

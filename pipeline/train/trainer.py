@@ -154,7 +154,7 @@ def _resume_folder(cfg: PretrainConfig, root: Path) -> Path | None:
         return ck.latest_checkpoint(root)
     folder = Path(mode)
     if ck.read_metadata(folder) is None:
-        raise ck.CheckpointError(f"train.resume: {folder} is not a complete checkpoint folder")
+        raise ConfigError(f"train.resume: {folder} is not a complete checkpoint folder")
     return folder
 
 

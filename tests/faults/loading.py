@@ -54,7 +54,8 @@ def _loader_epoch(shards: Path, bad: dict[str, str], good: set[str], report: Rep
     loader = build_loader(cfg, patch_size=(2, 16, 16))
     keys = [k for batch in loader for k in batch["key"]]
     skipped = loader.stats()["skipped"]
-    truncated = skipped.get("truncated_shard", 0)
+    # a cut inside a member's data reads as truncated_shard, one inside a header as the end of the tar
+    truncated = skipped.get("truncated_shard", 0) + skipped.get("shard_short", 0)
     for reason in set(bad.values()):
         report.check(f"{reason} member", skipped.get(reason) == list(bad.values()).count(reason),
                      f"skipped {skipped}")
