@@ -7,15 +7,17 @@ loses no good one, and `vssl pretrain` on these shards trains to max_steps and r
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+from contextlib import redirect_stderr
 from pathlib import Path
 
 from pipeline.cli import main
 from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
-from tests.faults.tally import Report
+from tests.faults.tally import Report, one_line_error
 from tests.loader_shards import sample_key, write_shards
 from tests.train_testlib import tiny_recipe
 
@@ -82,4 +84,18 @@ def train_on_damaged_shards(tmp: Path) -> Report:
     report.check(None, metrics and metrics[-1]["data_skipped"] >= len(bad) + 1,
                  f"metrics.jsonl data_skipped {metrics[-1].get('data_skipped') if metrics else None}")
     report.check("pickled .pyd member", not planted.exists(), "a .pyd member was unpickled")
+    _every_sample_bad(tmp, report)
     return report
+
+
+def _every_sample_bad(tmp: Path, report: Report) -> None:
+    """Shards with no usable sample at all: training cannot go on, and says so in one line."""
+    broken = {sample_key("train", s, i): {"json": b"[]"} for s, n in enumerate(SIZES[:1]) for i in range(n)}
+    write_shards(tmp / "hopeless", SIZES[:1], overrides=broken)
+    recipe = tiny_recipe(tmp / "hopeless.yaml", tmp / "hopeless", tmp / "hopeless_run")
+    stderr = io.StringIO()
+    with redirect_stderr(stderr):
+        code = main(["pretrain", str(recipe)])
+    line = one_line_error(stderr.getvalue(), "vssl pretrain: error:")
+    report.check("every sample bad", code == 1 and line is not None and "held no usable sample" in line,
+                 f"exit {code}: {stderr.getvalue()[-800:]!r}")
