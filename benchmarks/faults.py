@@ -1,7 +1,7 @@
 """Benchmark the reliability guarantees: run the fault-injection scenarios of tests/faults and count.
 
     python -m benchmarks faults --quick    # from the repository root: about a minute on 2 cores
-    python -m benchmarks faults            # every scenario, more kill seeds, two-process jobs (~4 min)
+    python -m benchmarks faults            # every scenario, more kill seeds, two-process jobs (1-3 min)
 
 The scenarios are the test suite's own (tests/faults/*.py, so this runs from a checkout): broken
 inputs through `vssl shard`, damaged shards through the loader and `vssl pretrain`, hostile

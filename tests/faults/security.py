@@ -133,7 +133,7 @@ def hostile_files(tmp: Path, checkpoint: Path, recipe: Path) -> Report:
     convert`, a recipe with a Python YAML tag, and DAVIS sequence names that leave ROOT."""
     report = Report("hostile files")
     planted = tmp / "planted"
-    payload = pickle.dumps(Planted(str(planted)))
+    payload = pickle.dumps(Planted(str(planted)), protocol=2)  # torch.load warns on newer protocols
 
     out = tmp / "run"
     tampered = out / "checkpoints" / checkpoint.name
