@@ -8,15 +8,19 @@
 
 `num_frames` counts the video packets really present, not what the container header claims
 (`reported_frames`): decord trusts the header and can spin forever on a file that over-reports,
-so a file whose header disagrees is stored remuxed, with an index that matches its content.
+so a file whose header disagrees is stored remuxed, with an index that matches its content. The
+same goes for the frame size an MP4 header claims (`header_size`, read from the video track's
+sample description): FFmpeg takes the real size from the bitstream, other readers may not.
 Every failure is a `VideoError` whose message is a one-line reason for quarantine.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Iterator
 
 import av
 
@@ -38,6 +42,7 @@ class VideoInfo:
     pts: list[int]  # presentation timestamps in display order (stream time base)
     time_base: Fraction
     keyframe_interval: int  # longest stretch of frames from one keyframe to the next
+    header_size: tuple[int, int] | None = None  # (width, height) an MP4 header claims; None: not MP4
 
     @property
     def frame_times(self) -> list[float]:
@@ -47,6 +52,43 @@ class VideoInfo:
     @property
     def is_mp4(self) -> bool:
         return "mp4" in self.container.split(",")
+
+
+_MP4_NESTED = (b"moov", b"trak", b"mdia", b"minf", b"stbl")
+
+
+def _mp4_boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, box end) of each whole MP4 box in data[start:end]."""
+    pos = start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        head = 8
+        if size == 1 and pos + 16 <= end:
+            size, head = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = end - pos
+        if size < head or pos + size > end:
+            return
+        yield kind, pos + head, pos + size
+        pos += size
+
+
+def mp4_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) in the sample description of an MP4's first video track, or None."""
+
+    def walk(start: int, end: int, video: bool) -> tuple[int, int] | None:
+        boxes = list(_mp4_boxes(data, start, end))
+        video = video or any(kind == b"hdlr" and data[body + 8:body + 12] == b"vide" for kind, body, _ in boxes)
+        for kind, body, stop in boxes:
+            if kind in _MP4_NESTED and (found := walk(body, stop, video and kind != b"trak")):
+                return found
+            # stsd: version/flags, entry count, then the first entry: its 8-byte box header and
+            # 24 bytes of reserved/pre-defined fields before its width and height
+            if kind == b"stsd" and video and body + 44 <= stop:
+                return struct.unpack_from(">HH", data, body + 40)
+        return None
+
+    return walk(0, len(data), False)
 
 
 def one_line(e: Exception) -> str:
@@ -102,7 +144,8 @@ def probe(data: bytes) -> VideoInfo:
             container=container.format.name, codec=ctx.name, width=ctx.width, height=ctx.height,
             fps=fps, num_frames=len(pts), reported_frames=int(stream.frames or 0),
             duration=float((pts[-1] - pts[0]) * time_base) + 1.0 / fps, pts=pts,
-            time_base=time_base, keyframe_interval=interval)
+            time_base=time_base, keyframe_interval=interval,
+            header_size=mp4_header_size(data) if "mp4" in container.format.name.split(",") else None)
 
 
 def check_decodes(data: bytes, info: VideoInfo) -> None:
@@ -133,15 +176,29 @@ def count_decoded_frames(data: bytes) -> int:
     return count
 
 
+def _fill_decode_times(packets: list[av.Packet]) -> None:
+    """Set every packet's dts from the presentation times. Containers that store only those
+    (Matroska with B-frames) leave the first packets' dts unknown, and MP4 needs them all: the
+    decode times are the sorted presentation times, shifted back just enough that no packet is
+    decoded after it is shown."""
+    shown = sorted(p.pts for p in packets)
+    delay = max(t - p.pts for t, p in zip(shown, packets))
+    for t, p in zip(shown, packets):
+        p.dts = t - delay
+
+
 def remux_mp4(data: bytes) -> bytes:
     """The video stream's packets, unchanged, in a new MP4 container (VideoError if MP4 cannot hold the codec)."""
     buf = io.BytesIO()
     with open_video(data) as source:
         stream = source.streams.video[0]
         try:
+            packets = [p for p in source.demux(stream) if p.size and not (p.pts is None and p.dts is None)]
+            if any(p.dts is None for p in packets) and all(p.pts is not None for p in packets):
+                _fill_decode_times(packets)
             with av.open(buf, mode="w", format="mp4") as target:
                 out = target.add_stream_from_template(stream)
-                for packet in source.demux(stream):
+                for packet in packets:
                     if packet.dts is None:
                         continue
                     packet.stream = out

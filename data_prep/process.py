@@ -8,7 +8,7 @@ Steps: read the bytes, probe them (data_prep.probe), check the annotation sideca
 real frame count, then either
   * keep the video (no transcode, cut or segments): decode-check first/middle/last frames and
     store the bytes as they are, or remuxed into MP4 when the container is not MP4 or its header
-    misstates the frame count (or re-encoded when MP4 cannot hold the codec); or
+    misstates the frame count or size (or re-encoded when MP4 cannot hold the codec); or
   * re-encode (transcode, a clip cut [start, end), or fixed-length segments): one decode pass
     feeds one encoder per output clip; cuts are frame-accurate, so they always re-encode.
 Each output clip is described by the list of source frames it shows (`frame_plan`), and the
@@ -16,8 +16,9 @@ annotations follow that same list. The stored bytes are probed again for the Sam
 metadata describes exactly what is in the shard.
 
 Test hooks (the env var VSSL_SHARD_TEST_FAULT, read by the parent and handed to the workers as
-`faults`): "hang=TEXT" sleeps forever and "crash=TEXT" SIGKILLs the worker on items whose source
-contains TEXT; several are joined with ";".
+`faults`): "hang=TEXT" sleeps forever, "crash=TEXT" SIGKILLs the worker and "vanish=TEXT" deletes the
+video file (listed, then gone before it is read) on items whose source contains TEXT; several are
+joined with ";".
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ _EPS = 1e-6
 
 
 def parse_faults(text: str) -> dict[str, str]:
-    """The test hooks of VSSL_SHARD_TEST_FAULT: "hang=TEXT;crash=TEXT" -> {"hang": TEXT, "crash": TEXT}."""
+    """The test hooks of VSSL_SHARD_TEST_FAULT: "hang=TEXT;vanish=TEXT" -> {"hang": TEXT, "vanish": TEXT}."""
     return {name.strip(): value for name, value in (part.split("=", 1) for part in text.split(";") if "=" in part)}
 
 
@@ -135,7 +136,7 @@ class _DecodedFrames:
 def _kept(data: bytes, info: VideoInfo) -> tuple[str, bytes] | None:
     """("copy" | "remux", bytes) to store a video without re-encoding, or None if MP4 cannot hold it."""
     check_decodes(data, info)
-    if info.is_mp4 and info.reported_frames in (0, info.num_frames):
+    if info.is_mp4 and info.reported_frames in (0, info.num_frames) and info.header_size == (info.width, info.height):
         return "copy", data
     try:
         return "remux", remux_mp4(data)
@@ -215,6 +216,8 @@ def _test_faults(item: Item, faults: dict[str, str]) -> None:
         time.sleep(3600)
     if faults.get("crash") and faults["crash"] in item.source:
         os.kill(os.getpid(), signal.SIGKILL)
+    if faults.get("vanish") and faults["vanish"] in item.source and item.video is not None:
+        os.unlink(item.video.path)
 
 
 def process_item(item: Item, cfg: ShardConfig, faults: dict[str, str]) -> Outcome:

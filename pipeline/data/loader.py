@@ -35,6 +35,7 @@ Augmentation settings are not checked; changing them changes pixels, not the ord
 from __future__ import annotations
 
 import hashlib
+import tarfile
 import time
 from collections import Counter
 
@@ -48,7 +49,8 @@ from pipeline.data.decode import check_decoder
 from pipeline.data.masking import make_masker
 from pipeline.data.plan import PlanSpec
 from pipeline.data.sampling import ClipSampling
-from pipeline.data.shards import list_shards
+from pipeline.data.shard_format import META_EXT, SampleMeta, ShardFormatError
+from pipeline.data.shards import ShardRef, list_shards
 from pipeline.data.transforms import TransformSpec, to_normalized_float
 
 STATE_VERSION = 1
@@ -135,6 +137,40 @@ class ClipLoader:
         self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
 
 
+_FIT_SAMPLES = 64  # videos of the first shard looked at to see whether a clip fits one
+
+
+def _check_clip_fits(shard: ShardRef, sampling: ClipSampling) -> None:
+    """ConfigError when a clip is longer than every video looked at in the first shard (its tar
+    headers and .json members only): every clip would be padded with repeats of a last frame."""
+    if sampling.mode == "segment":
+        return  # a clip spans each video, whatever its length
+    longest, seen = None, 0
+    try:
+        with tarfile.open(shard.url, mode="r:") as tar:
+            for info in tar:
+                if not (info.isreg() and info.name.endswith(f".{META_EXT}") and info.name.count(".") == 1):
+                    continue
+                try:
+                    meta = SampleMeta.from_json(tar.extractfile(info).read(), info.name)
+                except ShardFormatError:
+                    continue  # the loader skips and counts it
+                span = (sampling.num_frames - 1) * sampling.step(meta.fps) + 1
+                if meta.num_frames >= span:
+                    return
+                longest, seen = max(longest or meta, meta, key=lambda m: m.num_frames), seen + 1
+                if seen == _FIT_SAMPLES:
+                    break
+    except (OSError, tarfile.TarError):
+        return  # not a local, readable shard
+    if longest is not None:
+        step = sampling.step(longest.fps)
+        raise ConfigError(f"data.num_frames: a clip of {sampling.num_frames} frames, {step:g} apart, spans "
+                          f"{(sampling.num_frames - 1) * step + 1:g} frames, longer than any of the first {seen} videos of "
+                          f"{shard.name} (at most {longest.num_frames} frames); lower data.num_frames or "
+                          f"data.frame_stride")
+
+
 def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size: tuple[int, int, int] = (2, 16, 16),
                  split: str | None = "train", train: bool | None = None) -> ClipLoader:
     """The loader for this rank. train (default: split == "train") picks random clips, crops,
@@ -161,6 +197,7 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
                          epoch_samples=cfg.epoch_samples)
     sampling = ClipSampling(cfg.sampling, cfg.num_frames, cfg.frame_stride, cfg.target_fps,
                             cfg.repeated_samples if train else cfg.eval_clips, train)
+    _check_clip_fits(sources[0][0][0], sampling)
     transform = TransformSpec(cfg.crop, cfg.crop_size, cfg.crop_scale, cfg.flip_prob, cfg.rand_augment_ops,
                               cfg.rand_augment_magnitude, cfg.eval_crops, train)
     grid = (cfg.num_frames // pt, cfg.crop_size // ph, cfg.crop_size // pw)

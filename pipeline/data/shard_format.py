@@ -40,7 +40,8 @@ manifest.json (format_version 1):
                 "by_split": {"train": N1, "val": N2}},
      "quarantined": Q, "command": ["vssl", "shard", ...], "config": {...}, "created": ISO-8601}
 
-Readers take counts from the manifest and never guess them. `config` is {"shard": ShardConfig
+Readers take counts from the manifest and never guess them. A manifest is untrusted input: a shard
+name must be a plain `.tar` file name (read_manifest refuses folders, `..`, `pipe:` and URLs). `config` is {"shard": ShardConfig
 fields, "inputs": the input options}. Beside it, quarantine.jsonl has one JSON object per
 rejected input: {"index", "key", "source", "split", "reason"}; shard-journal.jsonl is the
 writer's resume journal (data_prep/writer.py); readers ignore both.
@@ -68,6 +69,8 @@ KNOWN_EXTS = (VIDEO_EXT, META_EXT, BOXES_EXT, MASKS_EXT)
 TMP_SUFFIX = ".tmp"
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
+# a shard named in a manifest is a plain file beside it: no folders, no "pipe:" or URL, no hidden name
+_SHARD_FILE_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,200}\.tar$")
 _KEY_BAD_CHARS = re.compile(r"[^A-Za-z0-9_\-]+")
 
 
@@ -208,6 +211,10 @@ def read_manifest(path: str | Path) -> Manifest:
             f"{path}: format_version {obj.get('format_version')!r} unsupported (want {FORMAT_VERSION})")
     try:
         shards = [ShardEntry(**s) for s in obj["shards"]]
+        bad = next((s.name for s in shards if not isinstance(s.name, str) or not _SHARD_FILE_OK.match(s.name)), None)
+        if bad is not None:
+            raise ShardFormatError(f"{path}: shard name {str(bad)[:100]!r} is not a plain .tar file name "
+                                   f"(a manifest lists only files beside it)")
         return Manifest(
             shards=shards, classes=list(obj["classes"]), totals=dict(obj["totals"]),
             quarantined=int(obj.get("quarantined", 0)), command=list(obj.get("command", [])),

@@ -15,7 +15,8 @@ Layout under ROOT (resolution "480p" unless told otherwise):
 
 Every frame must have its annotation (train/val do; test-dev's first-frame-only annotations are
 not supported). Anything missing, extra, unreadable or of another size raises `DavisError` with
-one line naming the sequence and file. `write_masks` writes predictions in the same layout
+one line naming the sequence and file; so does a sequence name that is not a plain folder name
+(`../x`, `a/b`), which could otherwise read or write outside ROOT. `write_masks` writes predictions in the same layout
 (ROOT/Annotations/480p/<seq>/), all of a sequence or nothing: it fills a hidden temporary
 folder and renames it into place.
 """
@@ -71,7 +72,16 @@ def sequence_names(root: str | Path, split: str = "val", year: str = "2017") -> 
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DavisError(f"DAVIS split {split!r}: {path} lists no sequences")
+    for name in names:
+        _check_name(name)
     return names
+
+
+def _check_name(name: str) -> None:
+    """A sequence name comes from an ImageSets list (untrusted): it must be one plain folder name,
+    so reading or writing ROOT/.../<name> never leaves ROOT."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise DavisError(f"DAVIS sequence {name!r}: not a plain folder name (no '/', '\\', '..' or leading '.')")
 
 
 def _numbered_files(folder: Path, suffix: str, name: str, what: str) -> list[str]:
@@ -107,6 +117,7 @@ def read_mask(path: str | Path, name: str = "?") -> np.ndarray:
 
 def read_sequence(root: str | Path, name: str, resolution: str = "480p") -> DavisSequence:
     """All frames and annotations of one sequence, checked for gaps, strays and sizes."""
+    _check_name(name)
     root = Path(root)
     frame_dir, mask_dir = root / FRAME_DIR / resolution / name, root / MASK_DIR / resolution / name
     frame_names = _numbered_files(frame_dir, ".jpg", name, "frame")
@@ -135,6 +146,7 @@ def write_masks(root: str | Path, name: str, masks: np.ndarray, frame_names: lis
                 resolution: str = "480p") -> Path:
     """Write (T, H, W) object ids as palette PNGs to ROOT/Annotations/<resolution>/<name>/, replacing
     what was there only once every frame is written. Returns the sequence folder."""
+    _check_name(name)
     masks = np.asarray(masks)
     if masks.ndim != 3 or masks.dtype != np.uint8:
         raise DavisError(f"DAVIS sequence {name!r}: masks must be (T, H, W) uint8, got "

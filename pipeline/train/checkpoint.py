@@ -153,16 +153,32 @@ def prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _refused(path: Path, what: str, error: Exception) -> CheckpointError:
+    first = " ".join(str(error).split("\n")[0].split())[:200]
+    return CheckpointError(f"{path}: refused: {what} ({error.__class__.__name__}: {first})")
+
+
 def load_model_state(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(folder / "model.safetensors"))
+    path = folder / "model.safetensors"
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types on a damaged file
+        raise _refused(path, "not a readable safetensors file", e) from None
 
 
 def load_optimizer_state(folder: Path) -> dict:
-    return torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
+    path = folder / "optimizer.pt"
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # an UnpicklingError for any object that is not plain tensors and numbers
+        raise _refused(path, "holds more than tensors and numbers, or is damaged", e) from None
 
 
 def load_rank_state(folder: Path, rank: int) -> dict[str, Any]:
     path = folder / f"rank{rank}.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no state for rank {rank} (saved with a different world size?)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _refused(path, "not valid JSON", e) from None

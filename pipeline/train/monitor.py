@@ -4,7 +4,8 @@ Rank 0 writes into `train.output_dir`:
 
     run.json        config, dataset manifest hash, effective global batch, world size, versions
     metrics.jsonl   one JSON object per optimizer step (step, loss, lr, grad_norm, clips_per_s,
-                    data_wait, ...); on resume, lines past the resumed step are dropped first
+                    data_wait, data_skipped: bad samples rank 0's loader skipped since this process began, ...);
+                    on resume, lines past the resumed step are dropped first
     tb/             TensorBoard scalars (and images)
     images/step-NNNNNN.png   the objective's picture (input / masked / reconstruction ...)
 """
@@ -119,6 +120,7 @@ class Monitor:
         clips = batch["video"].shape[0] * self.cfg.train.grad_accum * self.acc.num_processes
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "clips_per_s": clips / max(step_time, 1e-9), "data_wait": data_wait / max(step_time, 1e-9),
+                  "data_skipped": loader.stats()["skipped_total"],
                   **{k: float(v) for k, v in logs.items() if np.ndim(v) == 0}}
         if self.peak is not None:  # MFU only where the hardware peak is known
             if self.flops_per_clip is None:

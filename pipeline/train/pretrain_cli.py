@@ -9,6 +9,7 @@ start over). Under `accelerate launch` every process runs this same command.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipeline.config import ConfigError, PretrainConfig, load_config
 
@@ -28,7 +29,8 @@ def build_encoder(cfg: PretrainConfig):
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from None
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: cannot build {cfg.model.name!r} with {kwargs}: {e}") from None
+        raise ConfigError(f"model: cannot build {cfg.model.name!r} with {kwargs} (num_frames is data.num_frames, "
+                          f"img_size data.crop_size): {e}") from None
 
 
 def build_objective(cfg: PretrainConfig):
@@ -51,12 +53,19 @@ def build_train_loader(cfg: PretrainConfig, rank: int, world_size: int, objectiv
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.train.trainer import train
+    from pipeline.train.checkpoint import CheckpointError
+    from pipeline.train.trainer import TrainingError, train
 
     cfg = load_config(PretrainConfig, args.recipe, args.overrides)
     if not cfg.data.shards:
         raise ConfigError("data.shards: no shards given (set it in the recipe or with --set data.shards=PATH)")
-    result = train(cfg, build_objective, build_train_loader)
+    try:
+        result = train(cfg, build_objective, build_train_loader)
+    except (TrainingError, CheckpointError) as e:
+        print(f"vssl pretrain: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    skipped = sum(result.data_skipped.values())
     print(f"pretrain: {result.step} steps, last loss {result.last_loss:.4f}, "
-          f"checkpoints in {result.output_dir / 'checkpoints'}")
+          f"checkpoints in {result.output_dir / 'checkpoints'}"
+          + (f"; {skipped} bad samples skipped {result.data_skipped}" if skipped else ""))
     return 0

@@ -12,12 +12,16 @@ one never killed (bit-identical on CPU with the same process count).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -41,6 +45,7 @@ class TrainResult:
     last_loss: float
     output_dir: Path
     resumed_from: int | None
+    data_skipped: dict[str, int]  # samples the loader skipped, by reason
 
 
 def make_accelerator(train_cfg):
@@ -69,6 +74,43 @@ def _all_finite(acc, value: torch.Tensor) -> bool:
     """True when `value` is finite on every rank (a collective: all ranks must call it)."""
     bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0], device=acc.device)
     return acc.reduce(bad, reduction="sum").item() == 0
+
+
+def _from_collective(e: BaseException) -> bool:
+    """True for what torch.distributed raises when a collective fails: a peer died or timed out.
+    (gloo raises a plain RuntimeError from the collective's wait(), so the raising frame decides.)"""
+    if isinstance(e, getattr(torch.distributed, "DistError", ())):
+        return True
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return isinstance(e, RuntimeError) and tb is not None and "torch/distributed/" in tb.tb_frame.f_code.co_filename
+
+
+def _first_words(e: BaseException) -> str:
+    """The gist of a backend error: its first sentence, without the source-location prefix."""
+    line = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().split("\n")[0])
+    return line.split(". ")[0][:200] or e.__class__.__name__
+
+
+@contextlib.contextmanager
+def _checkpoint_write(root: Path, step: int) -> Iterator[None]:
+    """A failed checkpoint write (full disk, I/O error) -> CheckpointError naming the cause. The
+    partial folder is removed, so the previous checkpoint stays the latest and its space comes back."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, TrainingError) or _from_collective(e):
+            raise
+        shutil.rmtree(root / f"step-{step:06d}.tmp", ignore_errors=True)
+        disk = next(p for p in (root, *root.parents) if p.exists())
+        free = shutil.disk_usage(disk).free
+        # torch.save reports a full disk only as "unexpected pos ..."; the free space tells
+        full = (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in str(e) or free < 1 << 20
+        cause = "no space left on device" if full else f"{e.__class__.__name__}: {_first_words(e)}"
+        raise ck.CheckpointError(
+            f"step {step}: writing checkpoint {ck.step_dir(root, step)} failed ({cause}; {free / 2**20:.1f} MiB "
+            f"free); the previous checkpoint is intact: {ck.latest_checkpoint(root)}") from None
 
 
 def _uses_deepspeed(acc) -> bool:
@@ -112,7 +154,7 @@ def _resume_folder(cfg: PretrainConfig, root: Path) -> Path | None:
         return ck.latest_checkpoint(root)
     folder = Path(mode)
     if ck.read_metadata(folder) is None:
-        raise ck.CheckpointError(f"train.resume: {folder} is not a complete checkpoint folder")
+        raise ConfigError(f"train.resume: {folder} is not a complete checkpoint folder")
     return folder
 
 
@@ -164,14 +206,24 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
     batches = iter(loader)
 
     def next_batch():
+        """The next batch holding at least one clip. A batch whose every sample was bad (skipped and
+        counted by the loader) is passed over; every rank still takes one batch per micro-step."""
         nonlocal batches
+        empty = 0
         while True:
             try:
-                return next(batches)
+                batch = next(batches)
             except StopIteration:
                 state["epoch"] += 1
                 loader.set_epoch(state["epoch"])
                 batches = iter(loader)
+                continue
+            if len(batch["video"]):
+                return batch
+            empty += 1
+            if empty > len(loader):
+                raise TrainingError(f"step {step}: {empty} batches in a row held no usable sample "
+                                    f"(skipped so far: {loader.stats()['skipped']})")
 
     loss_value = float("nan")
     try:
@@ -222,9 +274,18 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
             monitor.step(step, loss_value, lr, grad_norm, logs, batch, model,
                          step_time=time.perf_counter() - t_start, data_wait=wait, loader=loader)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
-                _save(acc, model, optimizer, loader, ckpt_root, step, cfg, state)
+                with _checkpoint_write(ckpt_root, step):
+                    _save(acc, model, optimizer, loader, ckpt_root, step, cfg, state)
+    except Exception as e:
+        if acc.num_processes > 1 and _from_collective(e):
+            raise TrainingError(
+                f"rank {acc.process_index}, step {step}: lost contact with the other processes "
+                f"({_first_words(e)}; train.dist_timeout_s={tc.dist_timeout_s:g}); last complete checkpoint: "
+                f"{ck.latest_checkpoint(ckpt_root)}; relaunch the job to resume from it") from None
+        raise
     finally:
         monitor.close()
     acc.wait_for_everyone()
     acc.end_training()
-    return TrainResult(step=step, last_loss=loss_value, output_dir=out, resumed_from=resumed_from)
+    return TrainResult(step=step, last_loss=loss_value, output_dir=out, resumed_from=resumed_from,
+                       data_skipped=dict(loader.stats()["skipped"]))
