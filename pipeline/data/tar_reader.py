@@ -19,6 +19,7 @@ segment needs but the shard cannot give come back with `error` set:
 from __future__ import annotations
 
 import logging
+import os
 import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -41,8 +42,10 @@ class RawSample:
     error: str | None = None
 
 
-def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool]) -> Iterator[RawSample]:
-    """Yield the wanted, complete samples of the segment in order."""
+def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool],
+          whole: bool) -> Iterator[RawSample]:
+    """Yield the wanted samples of the segment in order; when the tar is not `whole` (cut off),
+    the sample being read at its end is yielded as truncated_shard."""
     tar = tarfile.open(fileobj=stream, mode="r|")
     index, current = -1, None
     for info in tar:
@@ -62,7 +65,22 @@ def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool
         if current.error is None and ext in KNOWN_EXTS:
             current.members[ext] = tar.extractfile(info).read()
     if current is not None and current.error is None:
+        if not whole:
+            current.error = "truncated_shard"
         yield current
+
+
+def _has_end_marker(url: str) -> bool:
+    """False for a local tar whose last 1024 bytes are not the zero end-of-archive blocks
+    (True where it cannot be told, e.g. pipe: or remote shards)."""
+    if not os.path.isfile(url):
+        return True
+    with open(url, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size < 1024:
+            return False
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
 
 
 def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool]) -> Iterator[RawSample]:
@@ -70,14 +88,16 @@ def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool]
     name = segment.shard.name
     done: set[int] = set()
     error = None
+    whole = True
     try:
         stream = gopen(segment.shard.url)
     except OSError as e:
         error = "shard_unreadable"
         log.warning("%s: cannot open shard (%s)", name, e)
     else:
+        whole = _has_end_marker(segment.shard.url)
         try:
-            for raw in _walk(stream, segment, first_pos, wanted):
+            for raw in _walk(stream, segment, first_pos, wanted, whole):
                 done.add(raw.pos)
                 yield raw
             # everything needed was read: a pipe producer cut off by an early close may exit non-zero
@@ -92,6 +112,10 @@ def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool]
             except OSError:
                 pass
     lost = [p for p in range(first_pos, first_pos + segment.stop - segment.start) if p not in done and wanted(p)]
+    if lost and error is None and not whole:
+        # a tar cut at a member boundary streams without error; only its missing end blocks tell
+        error = "truncated_shard"
+        log.warning("%s: shard truncated (no end-of-archive blocks); %d wanted samples missing", name, len(lost))
     if lost and error is None:
         error = "shard_short"
         log.warning("%s: holds fewer samples than its manifest count; %d missing", name, len(lost))
