@@ -23,7 +23,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="folder for everything it makes")
     parser.add_argument("--per-class", type=int, default=16, help="synthetic videos per class (8 classes)")
-    parser.add_argument("--steps", type=int, default=200, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=150, help="pretraining steps")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for synth, shard and loading")
 
 
@@ -36,6 +36,24 @@ def _step(title: str, argv: list[str]) -> None:
     if code != 0:
         raise SystemExit(f"vssl quickstart: step '{title}' failed (exit {code})")
     print(f"== {title}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def plot_losses(records: list[dict], path: Path) -> Path:
+    """A loss-curve PNG of metrics.jsonl records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("VideoMAE loss (normalised pixels)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,5 +74,6 @@ def run(args: argparse.Namespace) -> int:
           f"over {records[-1]['step']} steps")
     if pictures:
         print(f"quickstart: reconstructions (input / masked / reconstruction): {pictures[-1]}")
+    print(f"quickstart: loss curve: {plot_losses(records, pretrain / 'loss.png')}")
     print(f"quickstart: TensorBoard: tensorboard --logdir {pretrain / 'tb'}")
     return 0
