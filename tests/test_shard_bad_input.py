@@ -13,22 +13,8 @@ from data_prep.probe import probe
 from data_prep.process import FAULT_ENV
 from pipeline.cli import main
 from pipeline.data.shard_format import read_manifest
-from tests.shard_testlib import encoded, metas, quarantine, read_samples, run_shard, video
-from tests.videos import moving_frames
+from tests.shard_testlib import encoded, faststart_mp4, metas, quarantine, read_samples, run_shard, video
 
-
-def _faststart_mp4(path, frames=40):
-    """An MP4 with its index first, so a cut-off copy still opens and over-reports its frames."""
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        stream.options = {"x264-params": "keyint=8:min-keyint=8:scenecut=0"}
-        for rgb in moving_frames(frames, 32, 32):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path.read_bytes()
 
 
 def test_corrupt_inputs_are_quarantined_with_reasons(tmp_path):
@@ -62,7 +48,7 @@ def test_corrupt_inputs_are_quarantined_with_reasons(tmp_path):
 
 
 def test_truncated_index_first_mp4(tmp_path):
-    full = _faststart_mp4(tmp_path / "full.mp4")
+    full = faststart_mp4(tmp_path / "full.mp4")
     with av.open(io.BytesIO(full)) as c:
         packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
     d = tmp_path / "in"

@@ -30,27 +30,13 @@ from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
 from pipeline.data.shard_format import make_key, read_manifest
 from tests.faults.tally import Report
-from tests.shard_testlib import decoded, encoded, metas, quarantine, read_samples
+from tests.shard_testlib import decoded, encoded, faststart_mp4, metas, quarantine, read_samples
 from tests.videos import moving_frames, write_video
 from tests.train_testlib import ROOT, env
 
 LIMIT_S = 150  # the whole shard run; each input is also bounded by --timeout-s
 SHELL_NAMES = ("$(touch pwned).mp4", "a;touch pwned.mp4", "`touch pwned`.mp4")
 
-
-def _faststart(path: Path, frames: int = 40) -> bytes:
-    """An MP4 with its index first (written to `path`: FFmpeg moves the index by re-reading the
-    file): a cut-off copy still opens, and over-reports its frames."""
-    with av.open(str(path), "w", format="mp4", options={"movflags": "faststart"}) as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        stream.options = {"x264-params": "keyint=8:min-keyint=8:scenecut=0"}
-        for rgb in moving_frames(frames, 32, 32):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path.read_bytes()
 
 
 def _mjpeg_avi(size: int = 32, frames: int = 8) -> bytes:
@@ -115,7 +101,7 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, str]]:
                       ">II", 65000 << 16, 65000 << 16)
     (folder / "absurd_size.mp4").write_bytes(absurd)
     expect["absurd_size.mp4"] = ("remux", "16")
-    faststart = _faststart(folder.parent / "faststart_source.mp4")
+    faststart = faststart_mp4(folder.parent / "faststart_source.mp4")
     pos, size = _packet_ends(faststart)[24]
     (folder / "claims_40_has_25.mp4").write_bytes(faststart[:pos + size])
     expect["claims_40_has_25.mp4"] = ("remux", "25")
