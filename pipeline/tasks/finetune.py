@@ -181,7 +181,8 @@ def build_encoder(cfg: FinetuneConfig) -> VideoBackbone:
         try:
             encoder, report = load_encoder(cfg.model.pretrained, cfg.model.overrides)
         except CheckpointError as e:
-            raise ConfigError(f"model.pretrained: {e}") from None
+            hint = f" (model.overrides {cfg.model.overrides} apply to its architecture)" if cfg.model.overrides else ""
+            raise ConfigError(f"model.pretrained: {e}{hint}") from None
         print("\n".join(report.lines()), flush=True)
         return encoder
     from pipeline.train.pretrain_cli import build_encoder as registry_encoder
