@@ -446,3 +446,73 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+TASK_KINDS = ("classification", "segmentation", "tracking", "propagation")
+TASK_HEADS = {"classification": ("linear", "attentive"), "segmentation": ("linear", "decoder"),
+              "tracking": ("correlation",), "propagation": ("none",)}
+
+
+@dataclass
+class TaskConfig:
+    """The downstream task of `vssl finetune` / `vssl eval` (pipeline/tasks)."""
+
+    kind: str = "classification"  # classification | segmentation | tracking | propagation
+    head: str = ""  # "": the kind's first. classification: linear | attentive; segmentation:
+    #                 linear | decoder; tracking: correlation; propagation: none
+    freeze_encoder: bool = False  # true: linear / attentive probe over a frozen encoder
+    num_classes: int = 0  # 0: the manifest's classes (classification), 2 (segmentation)
+    label_fraction: float = 1.0  # < 1: train on a class-balanced subset of the labelled samples
+    label_seed: int = 0  # picks which subset (by sample key hash)
+    layer_decay: float = 1.0  # lr x layer_decay ** (depth + 1 - layer); 1 = off
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # > 0: mixup with lam ~ Beta(alpha, alpha)
+    cutmix_alpha: float = 0.0  # > 0: cutmix, one box over every frame of the clip
+    mix_prob: float = 1.0  # chance that a batch is mixed at all
+    mix_switch_prob: float = 0.5  # with both alphas: chance of cutmix instead of mixup
+    head_dropout: float = 0.0
+    head_width: int = 64  # tracking: correlation channels
+    template_size: int = 32  # tracking: template crop side in pixels (a multiple of the stride)
+    template_context: float = 2.0  # tracking: crop side / longer box side
+    davis_root: str = ""  # propagation: a DAVIS-2017 layout folder
+    davis_split: str = "val"
+    propagation_context: int = 7  # propagation: previous frames used as sources
+    propagation_topk: int = 5
+    propagation_temperature: float = 0.07
+    propagation_radius: int = 12  # grid cells; < 0 = no limit
+    eval_split: str = "val"
+    pictures: int = 4  # evaluation: overlay pictures written
+
+    def validate(self) -> None:
+        _choice("task.kind", self.kind, TASK_KINDS)
+        self.head = self.head or TASK_HEADS[self.kind][0]
+        _choice("task.head", self.head, TASK_HEADS[self.kind])
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(f"task.label_fraction: must be in (0, 1], got {self.label_fraction}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"task.layer_decay: must be in (0, 1], got {self.layer_decay}")
+        for name in ("label_smoothing", "mix_prob", "mix_switch_prob", "head_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"task.{name}: must be in [0, 1], got {getattr(self, name)}")
+        for name in ("mixup_alpha", "cutmix_alpha", "num_classes", "pictures", "propagation_context"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"task.{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("head_width", "template_size", "propagation_topk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"task.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.template_context <= 0 or self.propagation_temperature <= 0:
+            raise ConfigError("task.template_context, task.propagation_temperature: must be > 0")
+        if self.kind == "propagation" and not self.davis_root:
+            raise ConfigError("task.davis_root: propagation needs a DAVIS-layout folder")
+        if self.kind == "segmentation" and self.num_classes == 1:
+            raise ConfigError("task.num_classes: segmentation needs >= 2 (background + objects)")
+
+
+@dataclass
+class FinetuneConfig:
+    """`vssl finetune` / `vssl eval`: the trainer (data, train) plus a backbone and a task."""
+
+    data: DataConfig = field(default_factory=DataConfig)  # recipes set mask_type: none
+    model: ModelConfig = field(default_factory=ModelConfig)  # model.pretrained: what --init sets
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -158,10 +158,18 @@ def _resume_folder(cfg: PretrainConfig, root: Path) -> Path | None:
     return folder
 
 
-def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
-    """Run pretraining. `build_objective(cfg) -> nn.Module` returns a module whose forward maps a
-    batch to (loss, logs); `build_loader(cfg, rank, world, objective) -> loader` returns an iterable
-    of batches with state_dict / load_state_dict / set_epoch / stats."""
+def default_optimizer(objective: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW over every trainable parameter (pipeline/train/optim.py)."""
+    tc = cfg.train
+    return build_optimizer(objective, tc.lr, tc.weight_decay, tuple(tc.betas))
+
+
+def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=default_optimizer) -> TrainResult:
+    """Run pretraining (or fine-tuning: any config with `data` and `train` sections).
+    `build_objective(cfg) -> nn.Module` returns a module whose forward maps a batch to
+    (loss, logs); `build_loader(cfg, rank, world, objective) -> loader` returns an iterable of
+    batches with state_dict / load_state_dict / set_epoch / stats; `make_optimizer(objective,
+    cfg)` returns the optimizer (its groups' `lr_scale` scale the scheduled lr)."""
     tc = cfg.train
     acc = make_accelerator(tc)
     torch.manual_seed(tc.seed + acc.process_index)
@@ -169,7 +177,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader) -> TrainResult:
     ckpt_root = out / "checkpoints"
     objective = build_objective(cfg)
     loader = build_loader(cfg, acc.process_index, acc.num_processes, objective)
-    optimizer = build_optimizer(objective, tc.lr, tc.weight_decay, tuple(tc.betas))
+    optimizer = make_optimizer(objective, cfg)
 
     resumed_from = None
     state: dict = {"epoch": 0, "nonfinite": 0}

@@ -1,0 +1,255 @@
+"""`vssl eval`: a task's standard metric for a fine-tuned checkpoint, with pictures.
+
+    vssl eval recipes/finetune/classification.yaml --checkpoint runs/finetune/cls
+    from pipeline.tasks.evaluate import evaluate
+    report = evaluate(cfg, "runs/finetune/cls/checkpoints/step-000300")   # also writes eval.json
+
+The checkpoint (a `vssl finetune` run folder -> its latest complete checkpoint, or a step folder)
+decides the model: its metadata.json holds the recorded config (pipeline/tasks/finetune.py), so
+the encoder architecture and head are rebuilt from it and its weights loaded with exact key and
+shape checks. The recipe decides what to evaluate on: data (split task.eval_split, multi-view
+data.eval_clips x data.eval_crops) and task.davis_root.
+
+    classification  softmax averaged over every view of a video; top-1 / top-5, mean and
+                    per-class accuracy; confusion-matrix picture
+    segmentation    mIoU and per-class IoU over every labelled pixel; truth | prediction strips
+    tracking        template = first frame's box, search = every later frame (OTB one-pass):
+                    success AUC, precision@20px; truth | prediction box strips
+    propagation     label propagation on a DAVIS-layout folder (no training): J, F, J&F; the
+                    checkpoint may be any encoder pipeline/tasks/encoder_init.py reads, or none
+                    (a fresh model.name: the untrained baseline); truth | prediction strips
+Writes OUT/eval.json (atomically) and pictures under OUT/eval/; OUT defaults to the checkpoint's
+run folder (else train.output_dir). The loader pads the last batches by wrapping around, so a
+video seen before is skipped: every video counts once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import ConfigError, FinetuneConfig, from_dict, to_dict
+from pipeline.models.base import VideoBackbone
+from pipeline.models.checkpoint import CheckpointError, build_model, load_checked, read_safetensors
+from pipeline.tasks import davis, metrics, overlays
+from pipeline.tasks.encoder_init import load_encoder, run_kind, step_folder
+from pipeline.tasks.finetune import IGNORE_INDEX, build_encoder, build_task_model
+from pipeline.tasks.heads import TaskModel
+from pipeline.tasks.label_subset import source_classes
+from pipeline.tasks.propagation import PropagationConfig, evaluate_sequence, summarize
+from pipeline.tasks.track_pairs import sequence_pairs
+from pipeline.tasks.tracking import decode_boxes
+from pipeline.objectives.common import to_uint8_frames
+from pipeline.train import checkpoint as run_checkpoint
+
+OBJECTIVE_PREFIX = "model."  # the finetune objective holds the TaskModel as `model`
+# task fields the recipe decides at evaluation; every other one comes from the checkpoint
+EVAL_FIELDS = ("eval_split", "pictures", "davis_root", "davis_split", "propagation_context",
+               "propagation_topk", "propagation_temperature", "propagation_radius")
+
+
+def load_finetuned(checkpoint: str | Path) -> tuple[FinetuneConfig, TaskModel, Path]:
+    """(recorded config, task model with the checkpoint's weights, step folder)."""
+    folder = step_folder(checkpoint)
+    if folder is None:
+        raise CheckpointError(f"{checkpoint}: not a `vssl finetune` run or step folder (no metadata.json)")
+    saved = run_checkpoint.read_metadata(folder)["config"]
+    if run_kind(saved) != "finetune":
+        raise CheckpointError(f"{folder}: a pretraining checkpoint; fine-tune it first (vssl finetune --init)")
+    saved["model"]["pretrained"] = ""  # the weights come from this checkpoint, not the init
+    try:
+        cfg = from_dict(FinetuneConfig, saved)
+    except ConfigError as e:
+        raise CheckpointError(f"{folder / run_checkpoint.METADATA}: config: {e}") from None
+    encoder = build_model({"name": cfg.model.name, **cfg.model.overrides}, str(folder))
+    model = build_task_model(cfg, encoder)
+    weights = folder / "model.safetensors"
+    state = {k[len(OBJECTIVE_PREFIX):]: v for k, v in read_safetensors(weights).items()
+             if k.startswith(OBJECTIVE_PREFIX)}
+    load_checked(model, state, str(weights))
+    return cfg, model.eval(), folder
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _fresh_batches(cfg: FinetuneConfig, encoder: VideoBackbone):
+    """Evaluation batches of task.eval_split with every video counted once: (batch, rows to keep)."""
+    from pipeline.data.loader import build_loader
+
+    loader = build_loader(cfg.data, patch_size=encoder.patch_size, split=cfg.task.eval_split, train=False)
+    seen: set[str] = set()
+    for batch in loader:
+        keep = [i for i, key in enumerate(batch["key"]) if key not in seen]
+        seen.update(batch["key"])
+        if keep:
+            yield batch, torch.tensor(keep, dtype=torch.long)
+
+
+def _frames(video: torch.Tensor, cfg: FinetuneConfig) -> np.ndarray:
+    return to_uint8_frames(video.float().cpu(), cfg.data.mean, cfg.data.std)
+
+
+@torch.no_grad()
+def evaluate_classification(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
+    device = _device()
+    scores, keys, labels = [], [], {}
+    for batch, keep in _fresh_batches(cfg, model.encoder):
+        scores.append(model(batch["video"][keep].to(device)).float().cpu())
+        keys += [batch["key"][i] for i in keep]
+        labels.update({batch["key"][i]: int(batch["label"][i]) for i in keep})
+    videos, probs = metrics.aggregate_views(torch.cat(scores), keys)
+    target = torch.tensor([labels[k] for k in videos])
+    labelled = target >= 0
+    probs, target = probs[labelled], target[labelled]
+    num_classes = probs.shape[1]
+    conf = metrics.confusion_matrix(probs.argmax(dim=1), target, num_classes)
+    names = source_classes(cfg.data.shards, cfg.data.manifest) or [str(i) for i in range(num_classes)]
+    names = names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+    picture = overlays.save_confusion_matrix(out / "eval" / "confusion.png", conf, names)
+    per_class = metrics.per_class_accuracy(conf).tolist()
+    return {"metrics": {**metrics.topk_accuracy(probs, target, (1, 5)),
+                        "mean_class_accuracy": metrics.mean_class_accuracy(conf)},
+            "per_class_accuracy": {n: (None if np.isnan(a) else a) for n, a in zip(names, per_class)},
+            "videos": len(target), "views_per_video": cfg.data.eval_clips * cfg.data.eval_crops,
+            "confusion": conf.tolist(), "pictures": [str(picture)]}
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
+    device, num_classes = _device(), cfg.task.num_classes
+    conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    pictures, clips = [], 0
+    for batch, keep in _fresh_batches(cfg, model.encoder):
+        if "masks" not in batch:
+            raise ConfigError(f"data.shards: segmentation needs samples with masks ({batch['key'][0]} has none)")
+        video, truth = batch["video"][keep], batch["masks"][keep].long()
+        predicted = model(video.to(device)).argmax(dim=1).cpu()
+        conf += metrics.confusion_matrix(predicted, truth, num_classes, ignore_index=IGNORE_INDEX)
+        for i in range(len(keep)):
+            if len(pictures) < cfg.task.pictures:
+                shown = np.where(truth[i].numpy() == IGNORE_INDEX, 0, truth[i].numpy()).astype(np.uint8)
+                pictures.append(str(overlays.save_mask_comparison(
+                    out / "eval" / f"segmentation-{len(pictures)}.png", _frames(video[i], cfg),
+                    predicted[i].to(torch.uint8).numpy(), shown)))
+        clips += len(keep)
+    iou = metrics.class_iou(conf).tolist()
+    return {"metrics": {"mIoU": metrics.mean_iou(conf)},
+            "class_iou": [None if np.isnan(v) else v for v in iou], "clips": clips, "pictures": pictures}
+
+
+@torch.no_grad()
+def evaluate_tracking(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
+    device, task = _device(), cfg.task
+    predicted_all, truth_all, pictures, clips = [], [], [], 0
+    for batch, keep in _fresh_batches(cfg, model.encoder):
+        if "boxes" not in batch:
+            raise ConfigError(f"data.shards: tracking needs samples with boxes ({batch['key'][0]} has none)")
+        for i in keep.tolist():
+            clip, boxes = batch["video"][i].to(device), batch["boxes"][i].to(device)
+            pairs = sequence_pairs(clip, boxes, task.template_size, task.template_context)
+            if not len(pairs.boxes):
+                continue
+            guess = decode_boxes(model(pairs.template, pairs.search), tuple(clip.shape[-2:])).cpu()
+            predicted_all.append(guess)
+            truth_all.append(pairs.boxes.cpu())
+            clips += 1
+            if len(pictures) < task.pictures:
+                shown = boxes.cpu().nan_to_num(0.0)  # the template frame shows its given box
+                track = shown.clone()
+                track[pairs.frame.cpu()] = guess
+                pictures.append(str(overlays.save_box_comparison(
+                    out / "eval" / f"tracking-{len(pictures)}.png", _frames(clip, cfg), track.numpy(),
+                    shown.numpy())))
+    if not predicted_all:
+        raise ConfigError(f"data.shards: no {task.eval_split} clip has two frames with known boxes")
+    predicted, truth = torch.cat(predicted_all), torch.cat(truth_all)
+    return {"metrics": {"success_auc": metrics.success_auc(predicted, truth),
+                        "precision_20px": metrics.precision_at(predicted, truth, 20.0)},
+            "pairs": len(truth), "clips": clips, "pictures": pictures}
+
+
+@torch.no_grad()
+def evaluate_propagation(encoder: VideoBackbone, cfg: FinetuneConfig, out: Path) -> dict:
+    task = cfg.task
+    config = PropagationConfig(context=task.propagation_context, topk=task.propagation_topk,
+                               temperature=task.propagation_temperature, radius=task.propagation_radius)
+    encoder = encoder.to(_device()).eval()
+    results, pictures = [], []
+    try:
+        names = davis.sequence_names(task.davis_root, task.davis_split)
+        for name in names:
+            sequence = davis.read_sequence(task.davis_root, name)
+            results.append(evaluate_sequence(encoder, sequence, config))
+            if len(pictures) < task.pictures:
+                pictures.append(str(overlays.save_mask_comparison(
+                    out / "eval" / f"propagation-{name}.png", sequence.frames, results[-1].masks, sequence.masks)))
+    except davis.DavisError as e:
+        raise ConfigError(f"task.davis_root: {e}") from None
+    return {"metrics": summarize(results), "sequences": {r.name: r.summary for r in results},
+            "pictures": pictures}
+
+
+def _write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+
+
+def propagation_encoder(cfg: FinetuneConfig, checkpoint: str | Path | None) -> tuple[VideoBackbone, str]:
+    """(encoder, what it is): a fine-tuned model's encoder, any encoder checkpoint, or none given:
+    the recipe's model (model.pretrained, else a fresh model.name)."""
+    if checkpoint is None:
+        return build_encoder(cfg), "recipe model"
+    folder = step_folder(checkpoint)
+    if folder is not None and run_kind(run_checkpoint.read_metadata(folder)["config"]) == "finetune":
+        return load_finetuned(folder)[1].encoder, "fine-tuned encoder"
+    return load_encoder(checkpoint)[0], "encoder checkpoint"
+
+
+def _load(cfg: FinetuneConfig, checkpoint: str | Path | None):
+    """(config to evaluate with, task model or None, encoder, what it is, step folder or None)."""
+    kind = cfg.task.kind
+    folder = step_folder(checkpoint) if checkpoint is not None else None
+    if kind == "propagation":
+        encoder, source = propagation_encoder(cfg, checkpoint)
+        return cfg, None, encoder, source, folder
+    if checkpoint is None:
+        raise ConfigError(f"--checkpoint: task.kind {kind} evaluates a `vssl finetune` checkpoint; give one")
+    trained, model, folder = load_finetuned(checkpoint)
+    if trained.task.kind != kind:
+        raise ConfigError(f"task.kind: the recipe says {kind}, the checkpoint was fine-tuned for {trained.task.kind}")
+    evaluation = {name: getattr(cfg.task, name) for name in EVAL_FIELDS}
+    cfg = dataclasses.replace(cfg, model=trained.model, task=dataclasses.replace(trained.task, **evaluation))
+    model = model.to(_device())
+    return cfg, model, model.encoder, "fine-tuned model", folder
+
+
+def evaluate(cfg: FinetuneConfig, checkpoint: str | Path | None, out: str | Path | None = None) -> dict:
+    """Evaluate `checkpoint` on the recipe's task and data; write OUT/eval.json; return the report
+    (its "output" is OUT)."""
+    try:
+        cfg, model, encoder, source, folder = _load(cfg, checkpoint)
+    except CheckpointError as e:
+        raise ConfigError(f"--checkpoint: {e}") from None
+    if out is None:
+        in_run = folder is not None and folder.parent.name == "checkpoints"
+        out = folder.parent.parent if in_run else cfg.train.output_dir
+    out = Path(out)
+    if cfg.task.kind == "propagation":
+        details = evaluate_propagation(encoder, cfg, out)
+    else:
+        evaluators = {"classification": evaluate_classification, "segmentation": evaluate_segmentation,
+                      "tracking": evaluate_tracking}
+        details = evaluators[cfg.task.kind](model, cfg, out)
+    report = {"task": cfg.task.kind, "head": cfg.task.head, "checkpoint": str(folder or checkpoint),
+              "model": source, **details, "output": str(out), "recipe": to_dict(cfg)}
+    _write_json(out / "eval.json", report)
+    return report
