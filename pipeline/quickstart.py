@@ -5,6 +5,8 @@
 1. `vssl synth`    labelled synthetic videos (motion classes, boxes, masks) -> OUT/raw
 2. `vssl shard`    the Kinetics-style CSV -> WebDataset shards + manifest -> OUT/shards
 3. `vssl pretrain` recipes/pretrain/quickstart.yaml (VideoMAE, tiny ViT) -> OUT/pretrain
+4. `vssl finetune` recipes/finetune/classification.yaml --init OUT/pretrain --eval -> OUT/finetune
+   (top-1 / top-5 on the validation split, confusion-matrix picture)
 
 Every step is the real verb, called as a user would, and each is resumable: re-running skips
 finished synthesis, finished shards and finished training steps.
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="folder for everything it makes")
     parser.add_argument("--per-class", type=int, default=16, help="synthetic videos per class (8 classes)")
     parser.add_argument("--steps", type=int, default=150, help="pretraining steps")
+    parser.add_argument("--finetune-steps", type=int, default=100, help="fine-tuning steps")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for synth, shard and loading")
 
 
@@ -58,7 +61,7 @@ def plot_losses(records: list[dict], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    raw, shards, pretrain = out / "raw", out / "shards", out / "pretrain"
+    raw, shards, pretrain, finetune = out / "raw", out / "shards", out / "pretrain", out / "finetune"
     if not (raw / "synth.json").is_file():
         _step("synthesize", ["synth", "--out", str(raw), "--per-class", str(args.per_class), "--frames", "16",
                              "--size", "64", "--seed", "0", "--workers", str(args.workers)])
@@ -68,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     _step("pretrain", ["pretrain", str(RECIPES / "pretrain" / "quickstart.yaml"), "--set", f"data.shards={shards}",
                        "--set", f"train.output_dir={pretrain}", "--set", f"train.max_steps={args.steps}",
                        "--set", f"data.num_workers={args.workers}"])
+    _step("finetune", ["finetune", str(RECIPES / "finetune" / "classification.yaml"), "--init", str(pretrain),
+                       "--set", f"data.shards={shards}", "--set", f"train.output_dir={finetune}",
+                       "--set", f"train.max_steps={args.finetune_steps}", "--set", f"data.num_workers={args.workers}",
+                       "--eval"])
     records = [json.loads(line) for line in (pretrain / "metrics.jsonl").read_text().splitlines() if line.strip()]
     pictures = sorted((pretrain / "images").glob("step-*.png"))
     print(f"\nquickstart: pretraining loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f} "
@@ -75,5 +82,10 @@ def run(args: argparse.Namespace) -> int:
     if pictures:
         print(f"quickstart: reconstructions (input / masked / reconstruction): {pictures[-1]}")
     print(f"quickstart: loss curve: {plot_losses(records, pretrain / 'loss.png')}")
-    print(f"quickstart: TensorBoard: tensorboard --logdir {pretrain / 'tb'}")
+    report = json.loads((finetune / "eval.json").read_text())
+    print(f"quickstart: fine-tuned classifier on the val split: top-1 {report['metrics']['top1']:.3f}, "
+          f"top-5 {report['metrics']['top5']:.3f} ({args.finetune_steps} steps from the pretrained encoder)")
+    for picture in report.get("pictures", []):
+        print(f"quickstart: picture: {picture}")
+    print(f"quickstart: TensorBoard: tensorboard --logdir {out}")
     return 0
