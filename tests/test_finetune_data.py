@@ -117,3 +117,16 @@ def test_label_fraction_outside_range_is_a_config_error(fraction):
 
     with pytest.raises(ConfigError, match="task.label_fraction: must be in \\(0, 1\\]"):
         load_config(FinetuneConfig, None, [f"task.label_fraction={fraction}"])
+
+
+def test_ranks_writing_the_same_subset_at_once_all_get_it(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_shards(tmp_path / "src", [8])
+    write_label_subset(str(tmp_path / "src"), "", tmp_path / "subset", 0.9, seed=0)  # a stale one to replace
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda _: write_label_subset(str(tmp_path / "src"), "", tmp_path / "subset", 0.5),
+                                range(4)))
+    assert all(f == tmp_path / "subset" for f in folders)
+    assert json.loads((tmp_path / "subset" / "subset.json").read_text())["fraction"] == 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "subset"]

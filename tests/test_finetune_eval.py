@@ -52,10 +52,13 @@ def class_batch(keys: list[str], labels: list[int], logits: list[list[float]]) -
 
 
 def test_classification_averages_views_counts_each_video_once_and_draws_the_confusion(tmp_path, monkeypatch):
-    fake_loader(monkeypatch, [
-        class_batch(["a", "a", "b", "b"], [0, 0, 1, 1], [[2, 0, 0], [0, 1, 0], [0, 0, 3], [0, 0, 3]]),
-        # the loader pads the last batch by wrapping around: the second "a" must not count again
+    fake_loader(monkeypatch, [  # the loader pads the last batches by wrapping around: a video
+        #                           seen before (in this batch or an earlier one) must not count again
+        class_batch(["a", "a", "b", "b", "a", "a"], [0, 0, 1, 1, 0, 0],
+                    [[2, 0, 0], [0, 1, 0], [0, 0, 3], [0, 0, 3], [0, 9, 0], [0, 9, 0]]),
         class_batch(["c", "c", "a", "a"], [2, 2, 0, 0], [[0, 0, 1], [0, 0, 1], [0, 9, 0], [0, 9, 0]]),
+        class_batch(["b", "b", "c", "c", "b", "b"], [1, 1, 2, 2, 1, 1],
+                    [[0, 9, 0], [0, 9, 0], [9, 0, 0], [9, 0, 0], [0, 9, 0], [0, 9, 0]]),
     ])
     report = evaluate_classification(ScoresFromVideo(), config(tmp_path), tmp_path)
     # a: mean softmax of [2,0,0] and [0,1,0] = (0.50, 0.34, 0.16) -> 0 (right); b -> 2 (wrong); c -> 2 (right)

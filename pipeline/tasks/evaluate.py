@@ -86,8 +86,13 @@ def _fresh_batches(cfg: FinetuneConfig, encoder: VideoBackbone):
     loader = build_loader(cfg.data, patch_size=encoder.patch_size, split=cfg.task.eval_split, train=False)
     seen: set[str] = set()
     for batch in loader:
-        keep = [i for i, key in enumerate(batch["key"]) if key not in seen]
-        seen.update(batch["key"])
+        keep, fresh, previous = [], False, None
+        for row, key in enumerate(batch["key"]):  # a video's views are consecutive rows
+            if key != previous:
+                fresh, previous = key not in seen, key
+                seen.add(key)
+            if fresh:
+                keep.append(row)
         if keep:
             yield batch, torch.tensor(keep, dtype=torch.long)
 

@@ -190,9 +190,9 @@ def build_encoder(cfg: FinetuneConfig) -> VideoBackbone:
     return registry_encoder(cfg)
 
 
-def prepare(cfg: FinetuneConfig, encoder: VideoBackbone | None = None) -> tuple[FinetuneConfig, VideoBackbone]:
+def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, VideoBackbone]:
     """(the config to record, the encoder): see the module docstring."""
-    encoder = encoder if encoder is not None else build_encoder(cfg)
+    encoder = build_encoder(cfg)
     config = dict(encoder.config)
     model = dataclasses.replace(cfg.model, name=config.pop("name"), overrides=config)
     task, data = cfg.task, cfg.data
@@ -219,9 +219,8 @@ def build_train_loader(cfg: FinetuneConfig, rank: int, world_size: int, objectiv
                         patch_size=objective.model.encoder.patch_size, split="train")
 
 
-def finetune(cfg: FinetuneConfig, encoder: VideoBackbone | None = None):
-    """Prepare, then train with pipeline/train/trainer.py; returns its TrainResult. A given
-    `encoder` replaces model.pretrained / model.name."""
+def finetune(cfg: FinetuneConfig):
+    """Prepare, then train with pipeline/train/trainer.py; returns its TrainResult."""
     from pipeline.train.trainer import train
 
     if cfg.task.kind == "propagation":
@@ -229,6 +228,6 @@ def finetune(cfg: FinetuneConfig, encoder: VideoBackbone | None = None):
     if not cfg.data.shards and not cfg.data.sources:
         raise ConfigError("data.shards: no shards given (set it in the recipe or with --set data.shards=PATH)")
     torch.manual_seed(cfg.train.seed)  # a fresh encoder's and the head's init
-    recorded, encoder = prepare(cfg, encoder)
+    recorded, encoder = prepare(cfg)
     objective = make_objective(recorded, build_task_model(recorded, encoder))
     return train(recorded, lambda _: objective, build_train_loader, make_optimizer=make_optimizer)

@@ -12,7 +12,7 @@ samples on every machine and run, and a larger fraction keeps a superset. Unlabe
 
 How: the kept samples are copied, members unchanged and in their original order, into shards
 of their own (`train-NNNNNN.tar` + manifest.json with the source's class list) in a fresh folder
-that is renamed into place when whole. The loader then reads them like any dataset, so its
+that is renamed into place when whole (every rank of a run may do it at once; one copy wins). The loader then reads them like any dataset, so its
 order, resume and multi-process guarantees hold as they are. subset.json beside them records
 the source shards, fraction, seed and keys; a folder whose record matches is reused as it is.
 """
@@ -117,6 +117,25 @@ def _copy_samples(shards: list[ShardRef], keep: set[str], folder: Path) -> list[
     return entries
 
 
+def _install(staging: Path, folder: Path, record: dict) -> None:
+    """Rename `staging` to `folder`, safe against other processes (the ranks of one run) doing the
+    same: the folder is never missing while a current one exists, and a current one is kept."""
+    if _is_current(folder, record):
+        return
+    if folder.exists():
+        stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".stale", dir=folder.parent))
+        try:
+            folder.rename(stale / "old")
+        except FileNotFoundError:  # another process moved it first
+            pass
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process installed its (identical) subset first
+        if not _is_current(folder, record):
+            raise
+
+
 def write_label_subset(shards_spec: str, manifest: str, folder: str | Path, fraction: float,
                        seed: int = 0) -> Path:
     """Shards holding the chosen fraction of the training samples of `shards_spec`, in `folder`."""
@@ -140,12 +159,9 @@ def write_label_subset(shards_spec: str, manifest: str, folder: str | Path, frac
                  config={"label_subset": {k: v for k, v in record.items() if k != "source"},
                          "source": shards_spec}).write(staging)
         (staging / RECORD_NAME).write_text(json.dumps(record))
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    except BaseException:
+        _install(staging, folder, record)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("labelled subset: %d of %d samples -> %s", total, len(samples), folder)
     return folder
 

@@ -1,0 +1,164 @@
+"""The transfer proof: do our pretrained encoders beat training from scratch with 10% of the labels?
+
+    python -m benchmarks transfer            # about 25 min on 2 CPU cores
+    python -m benchmarks transfer --quick    # a few minutes: smaller budgets, same metric keys
+
+1. `vssl synth` (8 motion classes, 16 frames, 64 px) + `vssl shard` into a temp folder.
+2. Pretrain a tiny joint ViT (patch 2x8x8, depth 4) on every training video, labels unused:
+   VideoMAE (tube mask 0.9) and next-frame predictive, each with its own step budget.
+3. With a class-balanced 10% of the training labels (task.label_fraction), fine-tune the same
+   architecture from the VideoMAE encoder, the predictive encoder and from scratch, each with
+   the same budget (steps, batch, lr, seed): classification (full fine-tuning, layer decay) and
+   segmentation (light decoder on the masks); evaluate on the whole val split.
+4. Label propagation (no training) on the synthetic DAVIS val folder with each encoder.
+
+Metrics (points = percentage points; every peer is measured in this run):
+    videomae_minus_scratch_top1, predictive_minus_scratch_top1   val top-1 difference, points
+    jf_gain     VideoMAE J&F minus untrained-encoder J&F, points
+    miou_gain   VideoMAE mIoU minus scratch mIoU, points
+A table with every score, the seeds and the budgets is printed before the JSON line.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.cli import main as vssl
+from pipeline.config import FinetuneConfig, PretrainConfig, from_dict
+from pipeline.tasks.evaluate import evaluate
+from pipeline.tasks.finetune import finetune
+from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.trainer import train
+
+SEED = 0
+MODEL = {"name": "vit_tiny_joint", "overrides": {"patch_size": [2, 8, 8], "depth": 4, "num_frames": 8,
+                                                 "img_size": 64}}
+INITS = ("videomae", "predictive", "scratch")
+
+
+@dataclass(frozen=True)
+class Budget:
+    per_class: int  # synthetic videos per class (a quarter of them val)
+    videomae_steps: int
+    predictive_steps: int
+    pretrain_batch: int
+    classify_steps: int
+    segment_steps: int
+    finetune_batch: int
+    label_fraction: float = 0.1
+
+
+BUDGETS = {
+    "quick": Budget(per_class=24, videomae_steps=60, predictive_steps=30, pretrain_batch=16,
+                    classify_steps=30, segment_steps=20, finetune_batch=8),
+    "full": Budget(per_class=80, videomae_steps=500, predictive_steps=250, pretrain_batch=16,
+                   classify_steps=120, segment_steps=60, finetune_batch=8),
+}
+
+
+def make_dataset(root: Path, budget: Budget) -> tuple[Path, Path]:
+    """(shards folder, DAVIS folder) of a fresh synthetic dataset."""
+    raw, shards = root / "raw", root / "shards"
+    for argv in (["synth", "--out", str(raw), "--per-class", str(budget.per_class), "--frames", "16", "--size", "64",
+                  "--val-fraction", "0.25", "--seed", str(SEED), "--workers", "2"],
+                 ["shard", str(raw / "kinetics.csv"), "--root", str(raw / "videos"), "--classes",
+                  str(raw / "classes.txt"), "--out", str(shards), "--workers", "2", "--max-samples", "64",
+                  "--no-progress"]):
+        if vssl(argv) != 0:
+            raise RuntimeError(f"benchmarks/transfer: `vssl {' '.join(argv[:1])}` failed")
+    return shards, raw / "davis"
+
+
+def data_section(shards: Path, batch: int, **extra) -> dict:
+    return {"shards": str(shards), "num_frames": 8, "frame_stride": 2, "crop": "multiscale", "crop_size": 64,
+            "flip_prob": 0.0, "batch_size": batch, "num_workers": 1, "decode_timeout_s": 0.0, "seed": SEED,
+            **extra}
+
+
+def pretrain(root: Path, shards: Path, objective: str, steps: int, budget: Budget) -> Path:
+    out = root / f"pretrain-{objective}"
+    cfg = from_dict(PretrainConfig, {
+        "data": data_section(shards, budget.pretrain_batch, mask_type="tube", mask_ratio=0.9),
+        "model": MODEL,
+        "objective": {"name": objective, "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
+        "train": {"output_dir": str(out), "max_steps": steps, "lr": 1.5e-3, "warmup_steps": max(1, steps // 10),
+                  "weight_decay": 0.05, "checkpoint_every": 100, "image_every": steps, "seed": SEED}})
+    train(cfg, build_objective, build_train_loader)
+    return out
+
+
+def task_config(root: Path, shards: Path, davis: Path, kind: str, init: str, encoders: dict[str, Path],
+                steps: int, budget: Budget) -> FinetuneConfig:
+    task = {"classification": {"head": "linear", "layer_decay": 0.75, "label_smoothing": 0.1},
+            "segmentation": {"head": "decoder", "layer_decay": 0.75},
+            "propagation": {"davis_root": str(davis), "propagation_radius": 3}}[kind]
+    return from_dict(FinetuneConfig, {
+        "data": data_section(shards, budget.finetune_batch, mask_type="none", eval_clips=2),
+        "model": {**MODEL, "pretrained": str(encoders.get(init, ""))},
+        "task": {"kind": kind, "label_fraction": budget.label_fraction, "pictures": 2, **task},
+        "train": {"output_dir": str(root / f"{kind}-{init}"), "max_steps": max(steps, 1), "lr": 1e-3,
+                  "warmup_steps": max(1, steps // 10), "weight_decay": 0.05, "betas": [0.9, 0.999],
+                  "checkpoint_every": 100, "image_every": max(steps, 1), "seed": SEED}})
+
+
+def score(cfg: FinetuneConfig) -> dict[str, float]:
+    """Fine-tune (not for propagation) then evaluate; the task's metrics."""
+    if cfg.task.kind == "propagation":
+        torch.manual_seed(cfg.train.seed)  # the untrained encoder's init
+        return evaluate(cfg, cfg.model.pretrained or None, cfg.train.output_dir)["metrics"]
+    result = finetune(cfg)
+    return evaluate(cfg, result.output_dir)["metrics"]
+
+
+def run(quick: bool) -> dict:
+    budget = BUDGETS["quick" if quick else "full"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the loader's process decodes on the other core
+    seconds: dict[str, float] = {}
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
+            root = Path(tmp)
+            start = time.perf_counter()
+            shards, davis = make_dataset(root, budget)
+            seconds["data"] = time.perf_counter() - start
+            encoders = {}
+            for objective, steps in (("videomae", budget.videomae_steps), ("predictive", budget.predictive_steps)):
+                start = time.perf_counter()
+                encoders[objective] = pretrain(root, shards, objective, steps, budget)
+                seconds[f"pretrain_{objective}"] = time.perf_counter() - start
+            for kind, steps in (("classification", budget.classify_steps), ("segmentation", budget.segment_steps),
+                                ("propagation", 0)):
+                start = time.perf_counter()
+                scores[kind] = {init: score(task_config(root, shards, davis, kind, init, encoders, steps, budget))
+                                for init in INITS}
+                seconds[kind] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    print_table(budget, scores, seconds)
+    top1, miou, jf = ({init: 100 * scores[kind][init][name] for init in INITS}
+                      for kind, name in (("classification", "top1"), ("segmentation", "mIoU"), ("propagation", "J&F")))
+    metrics = {"videomae_minus_scratch_top1": round(top1["videomae"] - top1["scratch"], 1),
+               "predictive_minus_scratch_top1": round(top1["predictive"] - top1["scratch"], 1),
+               "jf_gain": round(jf["videomae"] - jf["scratch"], 1),
+               "miou_gain": round(miou["videomae"] - miou["scratch"], 1),
+               **{f"top1_{init}": round(top1[init], 1) for init in INITS},
+               "minutes": round(sum(seconds.values()) / 60, 1)}
+    goals = {"videomae_minus_scratch_top1": ">= 10", "predictive_minus_scratch_top1": ">= 10",
+             "jf_gain": "> 0", "miou_gain": "> 0", "minutes": "< 30 (full)"}
+    return {"metrics": metrics, "goals": goals}
+
+
+def print_table(budget: Budget, scores: dict, seconds: dict) -> None:
+    rows = [("classification top-1 %", "classification", "top1"), ("classification top-5 %", "classification", "top5"),
+            ("segmentation mIoU %", "segmentation", "mIoU"), ("propagation J&F %", "propagation", "J&F")]
+    print(f"transfer: seed {SEED}, budgets {asdict(budget)}")
+    print(f"transfer: {'':<24}" + "".join(f"{init:>12}" for init in INITS))
+    for title, kind, name in rows:
+        print(f"transfer: {title:<24}" + "".join(f"{100 * scores[kind][init][name]:>12.1f}" for init in INITS))
+    print("transfer: seconds " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
