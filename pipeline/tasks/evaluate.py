@@ -17,7 +17,9 @@ data.eval_clips x data.eval_crops) and task.davis_root.
                     success AUC, precision@20px; truth | prediction box strips
     propagation     label propagation on a DAVIS-layout folder (no training): J, F, J&F; the
                     checkpoint may be any encoder pipeline/tasks/encoder_init.py reads, or none
-                    (a fresh model.name: the untrained baseline); truth | prediction strips
+                    (a fresh model.name: the untrained baseline); truth | prediction strips.
+                    task.propagation_scale > 1 enlarges small videos first, so an object spans
+                    several token cells (64 px synthetic frames: 2-4)
 Writes OUT/eval.json (atomically) and pictures under OUT/eval/; OUT defaults to the checkpoint's
 run folder (else train.output_dir). The loader pads the last batches by wrapping around, so a
 video seen before is skipped: every video counts once.
