@@ -50,19 +50,21 @@ class Budget:
     classify_steps: int
     segment_steps: int
     finetune_batch: int
+    propagation_sequences: int  # the first ones of the DAVIS val split
     label_fraction: float = 0.1
 
 
 BUDGETS = {
     "quick": Budget(per_class=24, videomae_steps=60, predictive_steps=30, pretrain_batch=16,
-                    classify_steps=30, segment_steps=20, finetune_batch=8),
+                    classify_steps=30, segment_steps=30, finetune_batch=8, propagation_sequences=16),
     "full": Budget(per_class=80, videomae_steps=500, predictive_steps=250, pretrain_batch=16,
-                   classify_steps=120, segment_steps=60, finetune_batch=8),
+                   classify_steps=120, segment_steps=150, finetune_batch=8, propagation_sequences=80),
 }
 
 
 def make_dataset(root: Path, budget: Budget) -> tuple[Path, Path]:
-    """(shards folder, DAVIS folder) of a fresh synthetic dataset."""
+    """(shards folder, DAVIS folder) of a fresh synthetic dataset; the DAVIS folder gets a split
+    "bench" of its first `propagation_sequences` val sequences."""
     raw, shards = root / "raw", root / "shards"
     for argv in (["synth", "--out", str(raw), "--per-class", str(budget.per_class), "--frames", "16", "--size", "64",
                   "--val-fraction", "0.25", "--seed", str(SEED), "--workers", "2"],
@@ -71,6 +73,9 @@ def make_dataset(root: Path, budget: Budget) -> tuple[Path, Path]:
                   "--no-progress"]):
         if vssl(argv) != 0:
             raise RuntimeError(f"benchmarks/transfer: `vssl {' '.join(argv[:1])}` failed")
+    sets = raw / "davis" / "ImageSets" / "2017"
+    val = (sets / "val.txt").read_text().splitlines()
+    (sets / "bench.txt").write_text("".join(f"{name}\n" for name in val[:budget.propagation_sequences]))
     return shards, raw / "davis"
 
 
@@ -94,14 +99,15 @@ def pretrain(root: Path, shards: Path, objective: str, steps: int, budget: Budge
 
 def task_config(root: Path, shards: Path, davis: Path, kind: str, init: str, encoders: dict[str, Path],
                 steps: int, budget: Budget) -> FinetuneConfig:
-    task = {"classification": {"head": "linear", "layer_decay": 0.75, "label_smoothing": 0.1},
-            "segmentation": {"head": "decoder", "layer_decay": 0.75},
-            "propagation": {"davis_root": str(davis), "propagation_radius": 3}}[kind]
+    task, lr = {"classification": ({"head": "linear", "layer_decay": 0.75, "label_smoothing": 0.1}, 1e-3),
+                "segmentation": ({"head": "decoder", "layer_decay": 0.75}, 3e-3),
+                "propagation": ({"davis_root": str(davis), "davis_split": "bench", "propagation_scale": 2,
+                                 "propagation_radius": 3}, 1e-3)}[kind]  # propagation trains nothing
     return from_dict(FinetuneConfig, {
         "data": data_section(shards, budget.finetune_batch, mask_type="none", eval_clips=2),
         "model": {**MODEL, "pretrained": str(encoders.get(init, ""))},
         "task": {"kind": kind, "label_fraction": budget.label_fraction, "pictures": 2, **task},
-        "train": {"output_dir": str(root / f"{kind}-{init}"), "max_steps": max(steps, 1), "lr": 1e-3,
+        "train": {"output_dir": str(root / f"{kind}-{init}"), "max_steps": max(steps, 1), "lr": lr,
                   "warmup_steps": max(1, steps // 10), "weight_decay": 0.05, "betas": [0.9, 0.999],
                   "checkpoint_every": 100, "image_every": max(steps, 1), "seed": SEED}})
 

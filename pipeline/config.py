@@ -480,6 +480,7 @@ class TaskConfig:
     propagation_topk: int = 5
     propagation_temperature: float = 0.07
     propagation_radius: int = 12  # grid cells; < 0 = no limit
+    propagation_scale: int = 1  # frames enlarged this many times before encoding (small videos)
     eval_split: str = "val"
     pictures: int = 4  # evaluation: overlay pictures written
 
@@ -497,7 +498,7 @@ class TaskConfig:
         for name in ("mixup_alpha", "cutmix_alpha", "num_classes", "pictures", "propagation_context"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"task.{name}: must be >= 0, got {getattr(self, name)}")
-        for name in ("head_width", "template_size", "propagation_topk"):
+        for name in ("head_width", "template_size", "propagation_topk", "propagation_scale"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"task.{name}: must be >= 1, got {getattr(self, name)}")
         if self.template_context <= 0 or self.propagation_temperature <= 0:

@@ -115,5 +115,8 @@ def test_propagation_eval_from_cli_for_an_encoder_checkpoint_and_the_untrained_b
                   tmp_path / "backbone")
     assert main(["eval", str(recipe), "--checkpoint", str(tmp_path / "backbone"), "--out", str(tmp_path / "e")]) == 0
     assert json.loads((tmp_path / "e" / "eval.json").read_text())["model"] == "encoder checkpoint"
+    assert main(["eval", str(recipe), "--set", "task.propagation_scale=2", "--out", str(tmp_path / "x2")]) == 0
+    enlarged = json.loads((tmp_path / "x2" / "eval.json").read_text())["metrics"]
+    assert enlarged["J&F"] > 0.7 and enlarged["objects"] == 2  # scored at the original size
     assert main(["eval", str(recipe), "--set", f"task.davis_root={tmp_path / 'nothing'}"]) == 2
     assert "task.davis_root: DAVIS split 'val'" in capsys.readouterr().err

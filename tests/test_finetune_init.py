@@ -139,3 +139,13 @@ def test_cli_errors_are_one_line(tmp_path, shards, pretrain_run, capsys, argv, n
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("recipe", sorted((train_testlib.ROOT / "recipes" / "finetune").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_finetune_recipe_loads(recipe):
+    from pipeline.config import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, recipe)
+    assert cfg.train.output_dir.startswith("runs/")
+    assert cfg.task.kind == "propagation" or cfg.data.mask_type == "none"

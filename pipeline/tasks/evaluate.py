@@ -17,7 +17,9 @@ data.eval_clips x data.eval_crops) and task.davis_root.
                     success AUC, precision@20px; truth | prediction box strips
     propagation     label propagation on a DAVIS-layout folder (no training): J, F, J&F; the
                     checkpoint may be any encoder pipeline/tasks/encoder_init.py reads, or none
-                    (a fresh model.name: the untrained baseline); truth | prediction strips
+                    (a fresh model.name: the untrained baseline); truth | prediction strips.
+                    task.propagation_scale > 1 enlarges small videos first, so an object spans
+                    several token cells (64 px synthetic frames: 2-4)
 Writes OUT/eval.json (atomically) and pictures under OUT/eval/; OUT defaults to the checkpoint's
 run folder (else train.output_dir). The loader pads the last batches by wrapping around, so a
 video seen before is skipped: every video counts once.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import ConfigError, FinetuneConfig, from_dict, to_dict
 from pipeline.models.base import VideoBackbone
@@ -41,7 +44,8 @@ from pipeline.tasks.encoder_init import load_encoder, run_kind, step_folder
 from pipeline.tasks.finetune import IGNORE_INDEX, build_encoder, build_task_model
 from pipeline.tasks.heads import TaskModel
 from pipeline.tasks.label_subset import source_classes
-from pipeline.tasks.propagation import PropagationConfig, evaluate_sequence, summarize
+from pipeline.tasks.propagation import (PropagationConfig, PropagationResult, evaluate_sequence, segment_sequence,
+                                        summarize)
 from pipeline.tasks.track_pairs import sequence_pairs
 from pipeline.tasks.tracking import decode_boxes
 from pipeline.objectives.common import to_uint8_frames
@@ -50,7 +54,7 @@ from pipeline.train import checkpoint as run_checkpoint
 OBJECTIVE_PREFIX = "model."  # the finetune objective holds the TaskModel as `model`
 # task fields the recipe decides at evaluation; every other one comes from the checkpoint
 EVAL_FIELDS = ("eval_split", "pictures", "davis_root", "davis_split", "propagation_context",
-               "propagation_topk", "propagation_temperature", "propagation_radius")
+               "propagation_topk", "propagation_temperature", "propagation_radius", "propagation_scale")
 
 
 def load_finetuned(checkpoint: str | Path) -> tuple[FinetuneConfig, TaskModel, Path]:
@@ -180,6 +184,21 @@ def evaluate_tracking(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
             "pairs": len(truth), "clips": clips, "pictures": pictures}
 
 
+def propagate_scaled(encoder: VideoBackbone, sequence: davis.DavisSequence, config: PropagationConfig,
+                     scale: int) -> PropagationResult:
+    """Label propagation on frames enlarged `scale` times (bicubic; the first mask by repetition),
+    so a small video's objects span several token cells; predictions are scored at the original
+    size (each enlarged block's centre pixel)."""
+    if scale == 1:
+        return evaluate_sequence(encoder, sequence, config)
+    frames = torch.from_numpy(sequence.frames).permute(0, 3, 1, 2).float()
+    frames = F.interpolate(frames, scale_factor=scale, mode="bicubic", align_corners=False)
+    frames = frames.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    first = np.kron(sequence.masks[0], np.ones((scale, scale), dtype=np.uint8))
+    masks = segment_sequence(encoder, frames, first, config)[:, scale // 2::scale, scale // 2::scale]
+    return PropagationResult(sequence.name, masks, metrics.davis_sequence_scores(masks, sequence.masks))
+
+
 @torch.no_grad()
 def evaluate_propagation(encoder: VideoBackbone, cfg: FinetuneConfig, out: Path) -> dict:
     task = cfg.task
@@ -191,7 +210,7 @@ def evaluate_propagation(encoder: VideoBackbone, cfg: FinetuneConfig, out: Path)
         names = davis.sequence_names(task.davis_root, task.davis_split)
         for name in names:
             sequence = davis.read_sequence(task.davis_root, name)
-            results.append(evaluate_sequence(encoder, sequence, config))
+            results.append(propagate_scaled(encoder, sequence, config, task.propagation_scale))
             if len(pictures) < task.pictures:
                 pictures.append(str(overlays.save_mask_comparison(
                     out / "eval" / f"propagation-{name}.png", sequence.frames, results[-1].masks, sequence.masks)))
