@@ -10,10 +10,14 @@ workers, decode helpers; from /proc), best of interleaved rounds: on a shared 2-
 wall-clock rates swing with other users' load, CPU cost much less. The same ratios from wall-clock
 clips/s are reported as *_wall.
 
-    loader_vs_bare_decode  loader (multi-scale crop, flip, normalise, tube mask, killable decode
-                           helper) / a bare loop that only reads the tars and decodes the clips
+    loader_vs_bare_decode  loader (multi-scale crop, flip, tube mask, killable decode helper,
+                           batches handed over as the trainer takes them: uint8 to a GPU that
+                           normalises them; on a CPU-only machine the uint8 batch itself) / a bare
+                           loop that only reads the tars and decodes the clips
+    cpu_normalize_vs_bare_decode  the same with float normalisation on the host (CPU training)
     repeat4_gain           loader with repeated_samples=4 / with 1 (clips/s, 8 clips per batch)
-    vs_videomae_style      loader / a VideoMAE-style loader: a map-style dataset over the CSV,
+    vs_videomae_style      loader normalising on the CPU as the peer does / a VideoMAE-style
+                           loader: a map-style dataset over the CSV,
                            decord opening each mp4 by path, per-frame PIL multi-scale crop, stack,
                            normalise, numpy tube mask, default collate
     decode_isolation_cost  1 - loader clips/s / the same loader decoding in the worker itself
@@ -182,11 +186,18 @@ class VideoMAEStyle(Dataset):
         return video, torch.from_numpy(np.tile(mask, FRAMES // 2)).bool(), int(label)
 
 
-def clip_loader(folder: Path, size: int, clips: int, repeat: int = 1, timeout: float = 30.0):
+# where the loader hands batches over, as the trainer asks for it: on a GPU the uint8 batch goes
+# to the device and is normalised there; without one, the same uint8 batch is what a device
+# would receive (the "cpu" hand-over, normalising on the host, is measured as well)
+HAND_OVER = "cuda" if torch.cuda.is_available() else None
+
+
+def clip_loader(folder: Path, size: int, clips: int, repeat: int = 1, timeout: float = 30.0,
+                device: str | None = HAND_OVER):
     cfg = DataConfig(shards=str(folder), num_frames=FRAMES, frame_stride=STRIDE, crop_size=size,
                      batch_size=8 // repeat, repeated_samples=repeat, num_workers=WORKERS,
                      resampled=True, epoch_samples=clips // repeat, decode_timeout_s=timeout)
-    return build_loader(cfg, patch_size=(2, 16, 16))
+    return build_loader(cfg, patch_size=(2, 16, 16), device=device)
 
 
 def run(quick: bool) -> dict:
@@ -199,6 +210,7 @@ def run(quick: bool) -> dict:
             "loader": lambda: (clip_loader(folder, crop, clips), keys),
             "loader, decoding in the worker": lambda: (clip_loader(folder, crop, clips, timeout=0.0), keys),
             "loader k=4": lambda: (clip_loader(folder, crop, clips, repeat=4), keys),
+            "loader, normalising on the CPU": lambda: (clip_loader(folder, crop, clips, device="cpu"), keys),
             "VideoMAE-style": lambda: (DataLoader(VideoMAEStyle(folder / "videos.csv", crop), batch_size=8,
                                                   num_workers=WORKERS, sampler=RandomSampler(
                                                       range(videos), replacement=True, num_samples=clips)),
@@ -211,13 +223,15 @@ def run(quick: bool) -> dict:
                 best[name] = tuple(max(a, b) for a, b in zip(best[name], rates))
     for name, (per_cpu_s, per_s) in best.items():
         print(f"{name:32s} {per_cpu_s:7.1f} clips per CPU-second {per_s:7.1f} clips/s", flush=True)
-    print(f"[{size}px videos, {crop}px crops, {WORKERS} workers, {clips} clips, best of {rounds} rounds]")
+    print(f"[{size}px videos, {crop}px crops, {WORKERS} workers, {clips} clips, best of {rounds} rounds; "
+          f"batches handed over {'on ' + HAND_OVER if HAND_OVER else 'as uint8'}]")
 
     def ratios(i: int) -> dict:
         r = {name: rates[i] for name, rates in best.items()}
         return {"loader_vs_bare_decode": r["loader"] / r["bare decode"], "repeat4_gain": r["loader k=4"] / r["loader"],
-                "vs_videomae_style": r["loader"] / r["VideoMAE-style"],
-                "decode_isolation_cost": 1 - r["loader"] / r["loader, decoding in the worker"]}
+                "vs_videomae_style": r["loader, normalising on the CPU"] / r["VideoMAE-style"],
+                "decode_isolation_cost": 1 - r["loader"] / r["loader, decoding in the worker"],
+                "cpu_normalize_vs_bare_decode": r["loader, normalising on the CPU"] / r["bare decode"]}
 
     metrics = {k: round(v, 3) for k, v in ratios(0).items()}
     metrics.update({f"{k}_wall": round(v, 3) for k, v in ratios(1).items()})

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pipeline.data.transforms import ClipTransform, TransformSpec, to_normalized_float
+from pipeline.data.transforms import ClipTransform, TransformSpec
 
 T, H, W = 4, 48, 64
 
@@ -90,13 +90,3 @@ def test_box_leaving_the_view_becomes_nan():
     video, boxes, masks = box_video([(0, 0, 6, 6)] * T)
     v, b, m = ClipTransform(TransformSpec(crop_size=H, eval_crops=3, train=False))(video, boxes, masks)[2]
     assert torch.isnan(b).all() and m.sum() == 0
-
-
-@pytest.mark.parametrize("frames", [2, 700])  # 700 frames: a buffer large enough for huge pages
-def test_to_normalized_float(frames):
-    video = torch.full((1, 3, frames, 64, 64), 255, dtype=torch.uint8)
-    video[:, 1] = 0
-    out = to_normalized_float(video, (0.5, 0.5, 0.5), (0.25, 0.5, 0.5))
-    assert out.dtype == torch.float32 and out.shape == video.shape
-    assert torch.allclose(out[0, 0], torch.full((frames, 64, 64), 2.0))
-    assert torch.allclose(out[0, 1], torch.full((frames, 64, 64), -1.0))

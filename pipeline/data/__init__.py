@@ -10,7 +10,8 @@
     decode.py         decord | pyav | torchcodec behind one interface; clip frames only
     decode_process.py decoding bounded in time by a killable helper process
     sampling.py       which frames make a clip (random, segment, fps, multi-view)
-    transforms.py     crops, flips, RandAugment on clips with their boxes and masks; normalisation
+    transforms.py     crops, flips, RandAugment on clips with their boxes and masks
+    normalize.py      uint8 batches -> normalised float on the training device
     masking.py        tube, random, running-cell and multi-block masks
     dataset.py        the worker side: batches and skip counters
     batch_ring.py     shared uint8 batch buffers between workers and the main process

@@ -15,8 +15,9 @@ bad_annotation, decode_error, decode_timeout, decoder_crashed, truncated_shard, 
 its key logged; the batch keeps its place in the schedule and is smaller by that sample, so every
 rank still yields the same number of batches (a batch whose every sample failed has zero clips).
 
-Clips leave a worker as uint8 in a reusable shared buffer (batch_ring.py); the main process
-normalises them (loader.py).
+Clips leave a worker as uint8 in a reusable shared buffer (batch_ring.py), (B, T, H, W, C) in
+memory and viewed as (B, C, T, H, W) (torch.channels_last_3d); the loader hands them over
+(loader.py, normalize.py).
 """
 
 from __future__ import annotations
@@ -203,8 +204,9 @@ class ClipDataset(IterableDataset):
                transform: ClipTransform, masker, ring: BatchRing | None, worker: int) -> tuple[dict, dict]:
         spec, pad_from = self.batch_spec, stream.pad_from
         size, frames = spec.transform.crop_size, spec.sampling.num_frames
-        shape = (len(raws) * spec.clips_per_sample, 3, frames, size, size)
-        # uint8: the loader turns it into normalised float in the main process
+        # uint8 (B, T, H, W, C) memory: the crops come out of the transform channels-last, so each
+        # clip lands with one plain copy; handed over as a (B, C, T, H, W) view of it
+        shape = (len(raws) * spec.clips_per_sample, frames, size, size, 3)
         video, slot = ring.buffer(shape) if ring is not None else (torch.empty(shape, dtype=torch.uint8), 0)
         labels, keys, boxes, masks, padded = [], [], [], [], []
         skipped: Counter = Counter()
@@ -218,14 +220,14 @@ class ClipDataset(IterableDataset):
                 continue
             decoded += 1
             for clip, clip_boxes, clip_masks in views:
-                video[len(keys)].copy_(clip.permute(1, 0, 2, 3))  # copy now: clip may view decoder memory
+                video[len(keys)].copy_(clip.permute(0, 2, 3, 1))  # copy now: clip may view decoder memory
                 keys.append(raw.key)
                 labels.append(meta.label)
                 padded.append(pad_from is not None and raw.pos >= pad_from)
                 boxes.append(clip_boxes)
                 masks.append(clip_masks)
         n = len(keys)
-        video = video[:n]
+        video = video[:n].permute(0, 4, 1, 2, 3)
         generator = torch.Generator().manual_seed(mask_seed)
         batch = {"video": video, "label": torch.tensor(labels, dtype=torch.long), "key": keys,
                  "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample,

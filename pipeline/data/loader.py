@@ -8,15 +8,23 @@
         checkpoint["data"] = loader.state_dict()
     loader.stats()                                     # samples/s, data wait, skips by reason
 
-Batch: `video` float (B*k, C, T, H, W) normalised, `label` long (B*k,), `mask` (B*k, N) bool
+Batch: `video` float (B*k, C, T, H, W) normalised (uint8 when device is None), `label` long (B*k,), `mask` (B*k, N) bool
 (True = hidden, N = T/pt * H/ph * W/pw), `key` list[str], `clips_per_sample` k, `padded` bool
 (B*k,) (True for the repeats that fill an evaluation epoch's last batches; drop them from
 metrics), plus
 `decoder_mask` (running cell), `boxes` (B*k, T, 4) XYXY with NaN where the object is absent, and
 `masks` (B*k, T, H, W) uint8 when samples carry annotations. k is data.repeated_samples when
-training, eval_clips * eval_crops when evaluating; a sample's clips are consecutive. Workers hand
-clips over as uint8; this process turns them into normalised float32 (in pinned memory when CUDA
-is available), and stats()["wait_s"] counts that conversion as time waiting for data.
+training, eval_clips * eval_crops when evaluating; a sample's clips are consecutive.
+
+Where `video` becomes float: workers hand clips over as uint8 in shared memory, and the loader's
+`device` (build_loader(..., device=...), or set the attribute before iterating) decides:
+    "cpu" (default)  normalised float32 on the CPU, every other tensor stays there
+    a CUDA device    the uint8 batch is copied to the device as it is and normalised there (the
+                     host does no per-pixel arithmetic); every tensor of the batch is on it
+    None             uint8 (B*k, C, T, H, W), copied out of shared memory: for a consumer that
+                     normalises elsewhere (pipeline/data/normalize.py)
+stats()["wait_s"] counts that hand-over as time waiting for data. The trainer sets `device` to
+its accelerator.
 
 Epochs: every rank yields exactly len(loader) batches (see plan.py for the policy); iterating to
 the end moves to the next epoch; set_epoch(e) jumps to the start of epoch e. Order is a function
@@ -51,14 +59,17 @@ from pipeline.data.plan import PlanSpec
 from pipeline.data.sampling import ClipSampling
 from pipeline.data.shard_format import META_EXT, SampleMeta, ShardFormatError
 from pipeline.data.shards import ShardRef, list_shards
-from pipeline.data.transforms import TransformSpec, to_normalized_float
+from pipeline.data.normalize import batch_to_device
+from pipeline.data.transforms import TransformSpec
 
 STATE_VERSION = 1
 
 
 class ClipLoader:
-    def __init__(self, dataset: ClipDataset, num_workers: int, prefetch_factor: int = 2):
+    def __init__(self, dataset: ClipDataset, num_workers: int, prefetch_factor: int = 2,
+                 device: torch.device | str | None = "cpu"):
         self.dataset, self.num_workers, self.prefetch_factor = dataset, num_workers, prefetch_factor
+        self.device = None if device is None else torch.device(device)
         self.epoch, self.batches_done = 0, 0
         self._counts: Counter = Counter()
         self._skipped: Counter = Counter()
@@ -83,7 +94,6 @@ class ClipLoader:
         else:
             source = iter(self.dataset)
         spec = self.dataset.batch_spec
-        pinned = torch.cuda.is_available()  # the float batch is made in pinned memory for fast copies
         started = time.perf_counter()
         try:
             while self.batches_done < total:
@@ -93,7 +103,10 @@ class ClipLoader:
                 except StopIteration:
                     raise RuntimeError(f"data: workers stopped after {self.batches_done} of {total} batches") from None
                 held[events["worker"], events["slot"]] = batch["video"]
-                batch["video"] = to_normalized_float(batch["video"], spec.mean, spec.std, pinned)
+                if self.device is None:
+                    batch["video"] = batch["video"].clone()  # out of the ring slot, freed next
+                else:
+                    batch = batch_to_device(batch, self.device, spec.mean, spec.std)
                 released[events["worker"]] += 1
                 self._wait_s += time.perf_counter() - t0
                 self.batches_done += 1
@@ -172,10 +185,11 @@ def _check_clip_fits(shard: ShardRef, sampling: ClipSampling) -> None:
 
 
 def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size: tuple[int, int, int] = (2, 16, 16),
-                 split: str | None = "train", train: bool | None = None) -> ClipLoader:
+                 split: str | None = "train", train: bool | None = None,
+                 device: torch.device | str | None = "cpu") -> ClipLoader:
     """The loader for this rank. train (default: split == "train") picks random clips, crops,
     flips and shuffling; otherwise fixed order, multi-view clips, every sample (padded to equal
-    batches by wrapping around)."""
+    batches by wrapping around). device: where batches are handed over (see the module doc)."""
     cfg.validate()
     train = split == "train" if train is None else train
     try:
@@ -212,7 +226,7 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
             raise ConfigError(f"{key}: {e}") from None
     # prefetch_factor batches per worker are in flight; two more ring slots keep workers from waiting
     dataset = ClipDataset(plan_spec, batch_spec, rank, world_size, ring_slots=cfg.prefetch_factor + 2)
-    loader = ClipLoader(dataset, cfg.num_workers, cfg.prefetch_factor)
+    loader = ClipLoader(dataset, cfg.num_workers, cfg.prefetch_factor, device)
     if len(loader) == 0:
         total = loader.dataset.plan().total_samples
         raise ConfigError(f"data.batch_size: {total} samples of split {split!r} make no batch of "

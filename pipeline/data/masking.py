@@ -52,7 +52,7 @@ def random_mask(batch: int, grid: Grid, ratio: float, generator: torch.Generator
     return _hide_lowest(noise, round(ratio * t * h * w))
 
 
-def tube_mask(batch: int, grid: Grid, ratio: float, generator: torch.Generator) -> Tensor:
+def tube_mask(batch: int, grid: Grid, ratio: float, generator: torch.Generator | None = None) -> Tensor:
     t, h, w = grid
     spatial = _hide_lowest(torch.rand(batch, h * w, generator=generator), round(ratio * h * w))
     return spatial.repeat(1, t)

@@ -22,17 +22,14 @@ as torchvision's RandAugment does not move boxes or masks). Crops:
 Evaluation: short side resized to crop_size, then `eval_crops` deterministic square views spread
 along the long side (1: centre; 3: start/centre/end). Boxes that leave the view become NaN rows.
 Randomness comes from the torch RNG seeded per call with `seed` (the caller's RNG is restored).
-Workers hand clips over as uint8 (4x less shared memory than float); `to_normalized_float`
-turns a batch into normalised float32 in the main process.
+Clips stay uint8 here; pipeline/data/normalize.py turns a batch into normalised float32 on the
+device that trains on it.
 """
 
 from __future__ import annotations
 
-import mmap
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 from torchvision import tv_tensors
@@ -155,34 +152,3 @@ class ClipTransform:
             v_masks = view.pop(1).as_subclass(Tensor) if masks is not None else None
             out.append((view[0].as_subclass(Tensor), v_boxes, v_masks))
         return out
-
-
-_HUGE_PAGES_FROM = 32 << 20  # glibc serves smaller blocks from its heap; above, fresh mmap pages
-
-
-def _empty_float(shape: tuple[int, ...], pinned: bool) -> Tensor:
-    """torch.empty, pinned for CUDA copies; large unpinned buffers ask for transparent huge pages,
-    since faulting in a fresh 4 KiB-paged buffer costs more than the conversion (measured here)."""
-    nbytes = math.prod(shape) * 4
-    if pinned:
-        return torch.empty(shape, pin_memory=True)
-    if nbytes < _HUGE_PAGES_FROM or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(shape)
-    buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    buffer.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(buffer, dtype=torch.float32).view(shape)
-
-
-def to_normalized_float(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                        pinned: bool = False) -> Tensor:
-    """uint8 (n, C, T, H, W) -> float32 (x / 255 - mean) / std in fresh memory.
-
-    numpy does the arithmetic: single-threaded by design, it costs a fraction of torch's intra-op
-    threads competing with the loader's own worker processes (measured: ~6x less CPU)."""
-    out = _empty_float(tuple(video.shape), pinned)
-    array = out.numpy()
-    np.copyto(array, video.numpy(), casting="unsafe")
-    shape = (1, -1) + (1,) * (video.dim() - 2)
-    array *= np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(shape)
-    array += np.asarray([-m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(shape)
-    return out

@@ -30,6 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from pipeline.data.masking import tube_mask
+
 MaskMode = Literal["visible_only", "mask_token"]
 
 
@@ -113,12 +115,9 @@ def restore_order(mask: Tensor) -> Tensor:
 
 def random_tube_mask(batch: int, grid: tuple[int, int, int], ratio: float,
                      generator: torch.Generator | None = None) -> Tensor:
-    """(B, N) bool: round(ratio * h * w) random spatial positions hidden in every frame."""
-    t, h, w = grid
-    hidden = round(ratio * h * w)
-    order = torch.rand(batch, h * w, generator=generator).argsort(1)
-    frame = torch.zeros(batch, h * w, dtype=torch.bool).scatter_(1, order[:, :hidden], True)
-    return frame[:, None].expand(batch, t, h * w).reshape(batch, t * h * w)
+    """(B, N) bool: round(ratio * h * w) random spatial positions hidden in every frame (the
+    loader's tube masker, pipeline/data/masking.py)."""
+    return tube_mask(batch, grid, ratio, generator)
 
 
 def is_tube_mask(mask: Tensor, grid: tuple[int, int, int]) -> bool:

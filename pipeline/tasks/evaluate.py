@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ConfigError, FinetuneConfig, from_dict, to_dict
+from pipeline.data.normalize import normalize_video
 from pipeline.models.base import VideoBackbone
 from pipeline.models.checkpoint import CheckpointError, build_model, load_checked, read_safetensors
 from pipeline.tasks import davis, metrics, overlays
@@ -84,10 +85,13 @@ def _device() -> torch.device:
 
 
 def _fresh_batches(cfg: FinetuneConfig, encoder: VideoBackbone):
-    """Evaluation batches of task.eval_split with every video counted once: (batch, rows to keep)."""
+    """Evaluation batches of task.eval_split with every video counted once: (batch, rows to keep);
+    the video normalised on the evaluation device, everything else on the CPU."""
     from pipeline.data.loader import build_loader
 
-    loader = build_loader(cfg.data, patch_size=encoder.patch_size, split=cfg.task.eval_split, train=False)
+    device = _device()
+    loader = build_loader(cfg.data, patch_size=encoder.patch_size, split=cfg.task.eval_split, train=False,
+                          device=None if device.type != "cpu" else device)
     seen: set[str] = set()
     for batch in loader:
         keep, fresh, previous = [], False, None
@@ -98,6 +102,7 @@ def _fresh_batches(cfg: FinetuneConfig, encoder: VideoBackbone):
             if fresh:
                 keep.append(row)
         if keep:
+            batch["video"] = normalize_video(batch["video"], device, cfg.data.mean, cfg.data.std)
             yield batch, torch.tensor(keep, dtype=torch.long)
 
 

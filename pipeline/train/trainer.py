@@ -26,6 +26,8 @@ from typing import Iterator
 import torch
 
 from pipeline.config import ConfigError, PretrainConfig, to_dict
+from pipeline.data.loader import ClipLoader
+from pipeline.data.normalize import batch_to_device
 from pipeline.train import checkpoint as ck
 from pipeline.train.monitor import Monitor
 from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
@@ -168,8 +170,10 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
     """Run pretraining (or fine-tuning: any config with `data` and `train` sections).
     `build_objective(cfg) -> nn.Module` returns a module whose forward maps a batch to
     (loss, logs); `build_loader(cfg, rank, world, objective) -> loader` returns an iterable of
-    batches with state_dict / load_state_dict / set_epoch / stats; `make_optimizer(objective,
-    cfg)` returns the optimizer (its groups' `lr_scale` scale the scheduled lr)."""
+    batches with state_dict / load_state_dict / set_epoch / stats (a ClipLoader is told to hand its
+    batches over on the accelerator; any other loader's batches are moved there and a uint8
+    video normalised with data.mean/std); `make_optimizer(objective, cfg)` returns the optimizer
+    (its groups' `lr_scale` scale the scheduled lr)."""
     tc = cfg.train
     acc = make_accelerator(tc)
     torch.manual_seed(tc.seed + acc.process_index)
@@ -177,6 +181,8 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
     ckpt_root = out / "checkpoints"
     objective = build_objective(cfg)
     loader = build_loader(cfg, acc.process_index, acc.num_processes, objective)
+    if isinstance(loader, ClipLoader):
+        loader.device = acc.device  # uint8 clips are normalised on the accelerator
     optimizer = make_optimizer(objective, cfg)
 
     resumed_from = None
@@ -227,7 +233,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
                 batches = iter(loader)
                 continue
             if len(batch["video"]):
-                return batch
+                return batch_to_device(batch, acc.device, cfg.data.mean, cfg.data.std)
             empty += 1
             if empty > len(loader):
                 raise TrainingError(f"step {step}: {empty} batches in a row held no usable sample "
