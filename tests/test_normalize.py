@@ -48,12 +48,27 @@ def test_loader_hand_over_modes_give_the_same_pixels(tmp_path, workers):
     write_shards(tmp_path, [4, 4], num_frames=16)
     cfg = DataConfig(shards=str(tmp_path), num_frames=8, frame_stride=1, crop_size=32, batch_size=2,
                      num_workers=workers, decode_timeout_s=0.0, mask_ratio=0.5, mean=MEAN, std=STD)
-    raw = list(build_loader(cfg, patch_size=(2, 16, 16), device=None))
+    raw = [dict(b, video=b["video"].clone()) for b in build_loader(cfg, patch_size=(2, 16, 16), device=None)]
     normalised = list(build_loader(cfg, patch_size=(2, 16, 16)))
     assert len(raw) == len(normalised) == 4
     for r, n in zip(raw, normalised):
         assert r["video"].dtype == torch.uint8 and n["video"].dtype == torch.float32
         assert r["key"] == n["key"] and torch.equal(r["mask"], n["mask"])
         assert torch.allclose(normalize_tensor(r["video"], MEAN, STD), n["video"], atol=1e-5)
-    # raw batches are copies: kept ones are not overwritten by the ring slots the workers reuse
     assert len({bytes(r["video"].flatten()[:4096].numpy()) for r in raw}) == 4
+
+
+def test_a_raw_batch_is_intact_until_the_next_one_is_asked_for(tmp_path):
+    """device=None hands over the workers' ring buffers without a copy; a slow consumer still
+    reads whole batches, however far ahead the workers run."""
+    import time
+
+    write_shards(tmp_path, [6, 6], num_frames=16)
+    cfg = DataConfig(shards=str(tmp_path), num_frames=8, frame_stride=1, crop_size=32, batch_size=1,
+                     num_workers=2, prefetch_factor=1, decode_timeout_s=0.0, mask_ratio=0.5)
+    expected = [b["video"].clone() for b in build_loader(cfg, patch_size=(2, 16, 16), device=None)]
+    loader = build_loader(cfg, patch_size=(2, 16, 16), device=None)
+    loader.dataset.ring_slots = 1  # one buffer per worker: any early reuse would show
+    for i, batch in enumerate(loader):
+        time.sleep(0.05)  # the other worker's next batch is due meanwhile
+        assert torch.equal(batch["video"], expected[i]), f"batch {i} overwritten while in use"

@@ -21,8 +21,10 @@ Where `video` becomes float: workers hand clips over as uint8 in shared memory, 
     "cpu" (default)  normalised float32 on the CPU, every other tensor stays there
     a CUDA device    the uint8 batch is copied to the device as it is and normalised there (the
                      host does no per-pixel arithmetic); every tensor of the batch is on it
-    None             uint8 (B*k, C, T, H, W), copied out of shared memory: for a consumer that
-                     normalises elsewhere (pipeline/data/normalize.py)
+    None             uint8 (B*k, C, T, H, W) in the workers' shared memory, no copy: for a
+                     consumer that normalises elsewhere (pipeline/data/normalize.py). It stays
+                     valid until the next batch is asked for (its buffer is then reused): clone
+                     it to keep it
 stats()["wait_s"] counts that hand-over as time waiting for data. The trainer sets `device` to
 its accelerator.
 
@@ -88,6 +90,7 @@ class ClipLoader:
         self.dataset.epoch, self.dataset.start_batch = self.epoch, self.batches_done
         released = self.dataset.released = new_release_counters(self.num_workers)
         held: dict[tuple[int, int], torch.Tensor] = {}  # keeps each ring slot mapped in this process
+        in_use = None  # the worker whose ring slot holds the uint8 batch last handed out (device None)
         if self.num_workers > 0:
             source = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                      prefetch_factor=self.prefetch_factor))
@@ -98,16 +101,19 @@ class ClipLoader:
         try:
             while self.batches_done < total:
                 t0 = time.perf_counter()
+                if in_use is not None:
+                    released[in_use] += 1
+                    in_use = None
                 try:
                     batch, events = next(source)
                 except StopIteration:
                     raise RuntimeError(f"data: workers stopped after {self.batches_done} of {total} batches") from None
                 held[events["worker"], events["slot"]] = batch["video"]
                 if self.device is None:
-                    batch["video"] = batch["video"].clone()  # out of the ring slot, freed next
+                    in_use = events["worker"]  # its slot is freed when the next batch is asked for
                 else:
                     batch = batch_to_device(batch, self.device, spec.mean, spec.std)
-                released[events["worker"]] += 1
+                    released[events["worker"]] += 1
                 self._wait_s += time.perf_counter() - t0
                 self.batches_done += 1
                 self._counts.update(batches=1, samples=events["samples"], clips=events["clips"])
