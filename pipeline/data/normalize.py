@@ -28,12 +28,10 @@ from torch import Tensor
 _HUGE_PAGES_FROM = 32 << 20  # glibc serves smaller blocks from its heap; above, fresh mmap pages
 
 
-def _empty_float(shape: tuple[int, ...], pinned: bool) -> Tensor:
-    """torch.empty, pinned for CUDA copies; large unpinned buffers ask for transparent huge pages,
-    since faulting in a fresh 4 KiB-paged buffer costs more than the conversion (measured here)."""
+def _empty_float(shape: tuple[int, ...]) -> Tensor:
+    """torch.empty; large buffers ask for transparent huge pages, since faulting in a fresh
+    4 KiB-paged buffer costs more than the conversion (measured here)."""
     nbytes = math.prod(shape) * 4
-    if pinned:
-        return torch.empty(shape, pin_memory=True)
     if nbytes < _HUGE_PAGES_FROM or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape)
     buffer = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -41,15 +39,20 @@ def _empty_float(shape: tuple[int, ...], pinned: bool) -> Tensor:
     return torch.frombuffer(buffer, dtype=torch.float32).view(shape)
 
 
-def to_normalized_float(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...],
-                        pinned: bool = False) -> Tensor:
+def _scale_shift(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[list[float], list[float]]:
+    """Per channel: (x / 255 - mean) / std == x * scale + shift."""
+    return [1.0 / (255.0 * s) for s in std], [-m / s for m, s in zip(mean, std)]
+
+
+def to_normalized_float(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """CPU uint8 (n, C, ...) -> contiguous float32 (x / 255 - mean) / std in fresh memory, by numpy."""
-    out = _empty_float(tuple(video.shape), pinned)
+    out = _empty_float(tuple(video.shape))
     array = out.numpy()
     np.copyto(array, video.numpy(), casting="unsafe")
     shape = (1, -1) + (1,) * (video.dim() - 2)
-    array *= np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(shape)
-    array += np.asarray([-m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(shape)
+    scale, shift = _scale_shift(mean, std)
+    array *= np.asarray(scale, dtype=np.float32).reshape(shape)
+    array += np.asarray(shift, dtype=np.float32).reshape(shape)
     return out
 
 
@@ -70,8 +73,7 @@ def normalize_video(video: Tensor, device: torch.device | str, mean: tuple[float
 def normalize_tensor(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 (n, C, ...) -> contiguous float32 normalised, by torch on the tensor's own device."""
     shape = (1, -1) + (1,) * (video.dim() - 2)
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=video.device).view(shape)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=video.device).view(shape)
+    scale, shift = (torch.tensor(v, device=video.device).view(shape) for v in _scale_shift(mean, std))
     return torch.addcmul(shift, video, scale).contiguous()
 
 
@@ -80,7 +82,5 @@ def batch_to_device(batch: dict, device: torch.device | str, mean: tuple[float, 
     """A copy of `batch` with every tensor on `device` and a uint8 `video` normalised there;
     other values (keys, counts) as they are."""
     device = torch.device(device)
-    out = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()
-           if k != "video"}
-    out["video"] = normalize_video(batch["video"], device, mean, std)
-    return {k: out[k] for k in batch}
+    return {k: normalize_video(v, device, mean, std) if k == "video" else
+            v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}

@@ -91,7 +91,7 @@ def _fresh_batches(cfg: FinetuneConfig, encoder: VideoBackbone):
 
     device = _device()
     loader = build_loader(cfg.data, patch_size=encoder.patch_size, split=cfg.task.eval_split, train=False,
-                          device=None if device.type != "cpu" else device)
+                          device=None)  # uint8, normalised below straight from the workers' buffers
     seen: set[str] = set()
     for batch in loader:
         keep, fresh, previous = [], False, None
