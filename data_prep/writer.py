@@ -30,18 +30,11 @@ from typing import Any
 
 from data_prep.process import Sample
 from pipeline.data.shard_format import TMP_SUFFIX, shard_name
+from pipeline.durable import fsync_dir
 
 JOURNAL_NAME = "shard-journal.jsonl"
 Cursor = tuple[int, int]
 _BLOCK = tarfile.BLOCKSIZE
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JsonLines:

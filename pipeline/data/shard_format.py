@@ -57,6 +57,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.durable import fsync_file
+
 FORMAT_NAME = "vssl-shards"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -187,8 +189,7 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         tmp = path.with_name(path.name + TMP_SUFFIX)
         tmp.write_text(self.to_json())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         os.replace(tmp, path)
         return path
 

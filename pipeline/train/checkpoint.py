@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.durable import fsync_dir, fsync_file
+
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 METADATA = "metadata.json"
 FORMAT_VERSION = 1
@@ -39,19 +41,6 @@ class CheckpointError(RuntimeError):
 
 def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step-{step:06d}"
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -104,17 +93,17 @@ def finish_save(tmp: Path, step: int, extra: dict[str, Any], keep_last: int) -> 
     files = {}
     for p in sorted(tmp.rglob("*")):
         if p.is_file():
-            _fsync_file(p)
+            fsync_file(p)
             files[str(p.relative_to(tmp))] = p.stat().st_size
     meta = {"format_version": FORMAT_VERSION, "step": step, "files": files, **extra}
     meta_path = tmp / METADATA
     meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    _fsync_file(meta_path)
+    fsync_file(meta_path)
     final = step_dir(tmp.parent, step)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     prune(final.parent, keep_last)
     return final
 
