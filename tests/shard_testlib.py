@@ -21,24 +21,35 @@ def video(path: Path, frames: int = 16, height: int = 48, width: int = 64, fps: 
     return write_video(path, num_frames=frames, height=height, width=width, fps=fps, seed=seed, gop=gop)
 
 
+def encoded_bytes(codec: str, container: str, frames: int = 12, size: int = 32, pix_fmt: str = "yuv420p",
+                  seed: int = 0) -> bytes:
+    """A small moving-square video in any PyAV codec/container, as bytes."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = pix_fmt
+        for rgb in moving_frames(frames, size, size, seed=seed):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()
+
+
 def encoded(path: Path, codec: str, container: str, frames: int = 12, size: int = 32, audio_only: bool = False) -> Path:
     """A small file in another codec/container (VP8/VP9 webm), or an audio-only file."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not audio_only:
+        path.write_bytes(encoded_bytes(codec, container, frames, size))
+        return path
     with av.open(str(path), "w", format=container) as out:
-        if audio_only:
-            stream = out.add_stream(codec, rate=16000)
-            for i in range(12):
-                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = 16000, i * 1024
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-        else:
-            stream = out.add_stream(codec, rate=25)
-            stream.width = stream.height = size
-            stream.pix_fmt = "yuv420p"
-            for rgb in moving_frames(frames, size, size):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                    out.mux(packet)
+        stream = out.add_stream(codec, rate=16000)
+        for i in range(12):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
     return path

@@ -30,40 +30,13 @@ from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
 from pipeline.data.shard_format import make_key, read_manifest
 from tests.faults.tally import Report
-from tests.shard_testlib import decoded, encoded, faststart_mp4, metas, quarantine, read_samples
-from tests.videos import moving_frames, write_video
+from tests.shard_testlib import decoded, encoded, encoded_bytes, faststart_mp4, metas, quarantine, read_samples
+from tests.videos import write_video
 from tests.train_testlib import ROOT, env
 
 LIMIT_S = 150  # the whole shard run; each input is also bounded by --timeout-s
 SHELL_NAMES = ("$(touch pwned).mp4", "a;touch pwned.mp4", "`touch pwned`.mp4")
 
-
-
-def _mjpeg_avi(size: int = 32, frames: int = 8) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="avi") as out:
-        stream = out.add_stream("mjpeg", rate=25)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuvj420p"
-        for rgb in moving_frames(frames, size, size):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
-
-
-def _matroska_h264() -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="matroska") as out:
-        stream = out.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for rgb in moving_frames(12, 32, 32, seed=5):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return buf.getvalue()
 
 
 def _patched(data: bytes, box: bytes, offset: int, fmt: str, *values: int) -> bytes:
@@ -92,7 +65,7 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, str]]:
     with open(os.path.join(os.fsencode(folder), b"caf\xe9-latin1.mp4"), "wb") as f:
         f.write(good)
     expect[os.fsdecode(b"caf\xe9-latin1.mp4")] = ("copy", "")
-    (folder / "matroska.mp4").write_bytes(_matroska_h264())  # a real video, in another container
+    (folder / "matroska.mp4").write_bytes(encoded_bytes("libx264", "matroska", seed=5))  # a real video, in another container
     expect["matroska.mp4"] = ("remux", "12")
     (folder / "claims_1000_frames.mp4").write_bytes(_patched(good, b"stts", 12, ">I", 1000))  # sample count
     expect["claims_1000_frames.mp4"] = ("remux", "16")
@@ -112,7 +85,8 @@ def build_corpus(folder: Path) -> dict[str, tuple[str, str]]:
            "cut_in_index.mp4": (good[:good.find(b"moov") + 64], "no video stream"),
            "cut_mid_frame.mp4": (faststart[:pos + size // 2], "decoding failed near frame"),
            "zip_archive.mp4": (_zip_bytes(), "not a readable video"),
-           "jpeg_claims_16000px.avi": (_huge_jpeg_frames(_mjpeg_avi()), "decoding failed near frame"),
+           "jpeg_claims_16000px.avi": (_huge_jpeg_frames(encoded_bytes("mjpeg", "avi", frames=8, pix_fmt="yuvj420p")),
+                                       "decoding failed near frame"),
            "vanishes.mp4": (good, "video not found")}
     for name, (data, reason) in bad.items():
         (folder / name).write_bytes(data)
