@@ -212,11 +212,13 @@ def _samples(item: Item, cfg: ShardConfig) -> list[Sample]:
 
 
 def _test_faults(item: Item, faults: dict[str, str]) -> None:
-    if faults.get("hang") and faults["hang"] in item.source:
+    """A fault's TEXT picks the items whose key, source or video path contains it."""
+    names = " ".join([item.key, item.source, item.video.path if item.video is not None else ""])
+    if faults.get("hang") and faults["hang"] in names:
         time.sleep(3600)
-    if faults.get("crash") and faults["crash"] in item.source:
+    if faults.get("crash") and faults["crash"] in names:
         os.kill(os.getpid(), signal.SIGKILL)
-    if faults.get("vanish") and faults["vanish"] in item.source and item.video is not None:
+    if faults.get("vanish") and faults["vanish"] in names and item.video is not None:
         os.unlink(item.video.path)
 
 

@@ -45,6 +45,7 @@ from data_prep.process import FAULT_ENV, Outcome, parse_faults, process_item
 from data_prep.sources import Item
 from data_prep.writer import JOURNAL_NAME, Cursor, JsonLines, SplitWriter
 from pipeline.config import ShardConfig, to_dict
+from pipeline.durable import uninterrupted
 from pipeline.data.shard_format import (MANIFEST_NAME, QUARANTINE_NAME, TMP_SUFFIX, Manifest, ShardEntry,
                                         sha256_file)
 
@@ -213,23 +214,27 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
     todo = (it for it in items if it.index >= resume_at(it.split)[0])
     bar = tqdm(total=len(items), initial=settled, unit="video", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)
-    try:
+    try:  # Ctrl-C stops the run only between items (in the pool's wait), never half-way through a write
         with KillablePool(process_item, cfg.workers, cfg.timeout_s, args=(cfg, faults)) as pool:
             for item, outcome in pool.map(todo):
-                take(item, outcome)
+                with uninterrupted():
+                    take(item, outcome)
                 bar.update(1)
-        for writer in writers.values():
-            closed_one(writer.finish((len(items), 0)))
+        with uninterrupted():
+            for writer in writers.values():
+                closed_one(writer.finish((len(items), 0)))
     except BaseException:
-        for writer in writers.values():
-            writer.discard()
+        with uninterrupted():
+            for writer in writers.values():
+                writer.discard()
         raise
     finally:
         bar.close()
         journal.close()
         quarantine.close()
-    manifest = _write_manifest(out, listing, [r for w in writers.values() for r in w.done],
-                               len(quarantine.records), cfg, list(command or []), inputs)
+    with uninterrupted():
+        manifest = _write_manifest(out, listing, [r for w in writers.values() for r in w.done],
+                                   len(quarantine.records), cfg, list(command or []), inputs)
     reasons = Counter(re.split(r" \(|: ", e["reason"])[0] for e in quarantine.records)
     return Summary(items=len(items), skipped=settled, samples=manifest.totals["samples"],
                    shards=len(manifest.shards), bytes=manifest.totals["bytes"], quarantined=manifest.quarantined,

@@ -1,13 +1,19 @@
-"""fsync helpers for files that must survive a crash whole (shards, journals, checkpoints).
+"""Helpers for files that must survive a crash or a Ctrl-C whole (shards, journals, checkpoints).
 
-    from pipeline.durable import fsync_dir, fsync_file
+    from pipeline.durable import fsync_dir, fsync_file, uninterrupted
     fsync_file(tmp); os.replace(tmp, final); fsync_dir(final.parent)
+    with uninterrupted():      # a Ctrl-C that lands in here is acted on when the block ends
+        open_file_and_record_it()
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def fsync_file(path: str | Path) -> None:
@@ -23,3 +29,24 @@ def fsync_dir(folder: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) back until the block ends, then act on it as usual.
+
+    For bookkeeping that must not stop half-way (a file opened but not yet recorded, a record
+    written but not yet counted): the KeyboardInterrupt is raised after the block, never inside it.
+    Outside the main thread (where Python delivers no signals) the block simply runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # now handled by whatever handler was there before

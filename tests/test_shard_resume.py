@@ -98,9 +98,11 @@ def test_ctrl_c_during_a_hang_stops_promptly_and_resumes(kinetics, reference, tm
     while b'"done"' not in ((out / JOURNAL_NAME).read_bytes() if (out / JOURNAL_NAME).exists() else b""):
         assert time.monotonic() < deadline and run.poll() is None, "no shard finished before the hang"
         time.sleep(0.05)
+    time.sleep(1.0)  # the unhung part of this run takes ~0.4 s: it must be stuck on y09 by now
+    assert run.poll() is None and not (out / "manifest.json").exists(), "the hang fault did not hold the run"
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=30)
-    assert run.returncode == 130 and "interrupted" in err
+    assert run.returncode == 130 and "interrupted" in err, err
     assert not list(out.glob("*.tmp")) and not (out / "manifest.json").exists()
     assert main(_args(kinetics, out, workers=1)) == 0
     _same_dataset(reference, out)
