@@ -11,7 +11,7 @@ from pipeline.models import create_model
 from pipeline.objectives.common import gaussian_nll, normalize_patches, patchify, unpatchify
 from pipeline.objectives.guided_masking import guided_tube_mask
 from pipeline.objectives.predictive import NextFramePredictive, causal_time_mask
-from pipeline.objectives.videomae import VideoMAE
+from pipeline.objectives.videomae import VideoMAE, frame_differences
 
 TINY = dict(embed_dim=32, depth=1, num_heads=2, patch_size=(2, 8, 8), num_frames=8, img_size=32)
 DEC = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2)
@@ -48,6 +48,23 @@ def test_videomae_predicts_only_hidden_tubelets_and_learns():
         opt.step()
     assert float(loss.detach()) < 0.9 * first
     assert obj.visualize({"video": video, "mask": mask}).shape[2] == 3
+
+
+def test_frame_difference_target_is_motion_only():
+    video = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 1, 4, 2, 2) ** 2  # frames 0, 1, 4, 9
+    assert frame_differences(video)[0, 0, :, 0, 0].tolist() == [1.0, 1.0, 3.0, 5.0]
+    encoder = create_model("vit_tiny_joint", **TINY)
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC, target="frame_diff"))
+    still = torch.randn(2, 3, 1, 32, 32).expand(2, 3, 8, 32, 32)  # no motion: nothing to reconstruct
+    assert obj.targets(still).abs().max() == 0
+    moving = torch.stack([torch.randn(2, 3, 32, 32).roll(2 * t, dims=-1) for t in range(8)], dim=2)
+    target, pixels = obj.targets(moving), VideoMAE(encoder, ObjectiveConfig(**DEC)).targets(moving)
+    assert target.shape == pixels.shape and target.abs().max() > 0 and not torch.allclose(target, pixels)
+    # pictures: input, then masked and reconstructed differences (mid-grey = no change)
+    picture = obj.visualize({"video": still.contiguous(), "mask": _mask(encoder)})
+    assert picture.shape == (3 * 34 - 2, 8 * 34 - 2, 3) and (picture[34:66, :32] == 128).all()  # row 2, frame 1
+    with pytest.raises(Exception, match="objective.target"):
+        ObjectiveConfig(target="flow").validate()
 
 
 def test_decoder_masking_reconstructs_a_fixed_share_of_hidden_tokens():

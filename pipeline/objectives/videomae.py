@@ -5,7 +5,10 @@
 The encoder sees the clip under a (tube) mask. A narrow decoder (objective.decoder_*) receives
 the encoder's tokens plus a learned mask token at every hidden position, with fixed sin-cos
 positions, and predicts each tubelet's pixels; the loss is the MSE over hidden tubelets of
-per-patch normalised pixels (norm_pix_loss).
+per-patch normalised pixels (norm_pix_loss). With objective.target=frame_diff the tubelets to
+reconstruct are frame differences x_t - x_(t-1) instead of pixels (the first frame repeats the
+second's difference), as MotionMAE and MME reconstruct motion: with appearance taken out of the
+target, what the encoder must capture is how things move.
 
 Backbones with mask_mode "visible_only" (ViT family) encode only the visible tokens; decoder
 masking (objective.decoder_mask_ratio > 0, VideoMAE v2) then reconstructs only part of the hidden
@@ -50,8 +53,12 @@ class VideoMAE(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
 
+    def _target_video(self, video: Tensor) -> Tensor:
+        """What is reconstructed, as a (B, C, T, H, W) video: the clip, or its frame differences."""
+        return frame_differences(video) if self.cfg.target == "frame_diff" else video
+
     def targets(self, video: Tensor) -> Tensor:
-        target = patchify(video, self.encoder.patch_size)
+        target = patchify(self._target_video(video), self.encoder.patch_size)
         return normalize_patches(target, self.channels)[0] if self.cfg.norm_pix_loss else target
 
     def _decode_visible_only(self, tokens: Tensor, mask: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
@@ -112,7 +119,9 @@ class VideoMAE(nn.Module):
 
     @torch.no_grad()
     def visualize(self, batch: dict) -> np.ndarray:
-        """Rows: input, masked input, reconstruction (hidden patches filled in), for sample 0."""
+        """Rows: input, masked target, reconstruction (hidden patches filled in), for sample 0.
+
+        With target=frame_diff the last two rows show frame differences, mid-grey meaning no change."""
         video, mask = batch["video"][:1].float(), batch["mask"][:1]
         was_training = self.training
         self.eval()
@@ -120,12 +129,22 @@ class VideoMAE(nn.Module):
         self.train(was_training)
         patch, c = self.encoder.patch_size, self.channels
         grid = self.encoder.token_grid(*video.shape[2:])
-        raw = patchify(video, patch)
+        raw = patchify(self._target_video(video), patch)
         if self.cfg.norm_pix_loss:
             _, mean, std = normalize_patches(raw, c)
             pred = (pred.reshape(*mean.shape[:2], -1, c) * std + mean).reshape(raw.shape)
         m = mask[..., None].to(raw.dtype)
         masked = unpatchify(raw * (1 - m), patch, grid, c)
         recon = unpatchify(raw * (1 - m) + pred.to(raw.dtype) * m, patch, grid, c)
-        rows = [to_uint8_frames(v[0], self.mean, self.std) for v in (video, masked, recon)]
+        mean, std = self.mean, self.std
+        if self.cfg.target == "frame_diff":  # a difference of +-1 (in pixel units) spans black to white
+            mean, std = (0.5,) * len(mean), tuple(0.5 * s for s in std)
+        rows = [to_uint8_frames(video[0], self.mean, self.std)] + [to_uint8_frames(v[0], mean, std)
+                                                                    for v in (masked, recon)]
         return picture_rows(rows)
+
+
+def frame_differences(video: Tensor) -> Tensor:
+    """(B, C, T, H, W) -> x_t - x_(t-1) for t >= 1; frame 0 gets frame 1's difference (T >= 2)."""
+    diff = video[:, :, 1:] - video[:, :, :-1]
+    return torch.cat([diff[:, :, :1], diff], dim=2)
