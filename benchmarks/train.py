@@ -39,6 +39,9 @@ class MemoryLoader:
     def state_dict(self) -> dict:
         return {}
 
+    def stats(self) -> dict:
+        return {"skipped_total": 0, "skipped": {}}  # what the trainer and its monitor log
+
 
 def _steady(out: Path) -> tuple[float, float]:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][WARMUP:]
