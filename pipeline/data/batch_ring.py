@@ -2,15 +2,15 @@
 
     released = new_release_counters(num_workers)          # main, before the workers start
     ring = BatchRing(released, worker=w, slots=3)          # worker
-    video = ring.buffer((clips, 3, T, H, W))               # this batch's uint8 buffer
-    ...                                                    # main converts the batch, then:
+    video, slot = ring.buffer((clips, T, H, W, 3))         # this batch's uint8 buffer
+    ...                                                    # main is done with the batch, then:
     released[w] += 1                                       # slot free for the worker again
 
 A fresh shared-memory tensor per batch (what torch's DataLoader does) costs page faults on both
 sides for every batch, which on the VMs measured here cost as much as the crops. So each worker
-writes batch i into slot i % slots of its own ring, and the main process, which converts each
-batch to float as soon as it arrives and never hands the uint8 tensor on, counts the batches it
-has finished per worker. Before reusing a slot the worker waits until the batch that last used
+writes batch i into slot i % slots of its own ring, and the main process counts the batches it
+has finished with per worker: once it has copied or normalised a batch on arrival, or, when it
+hands the uint8 batch itself on (loader device None), once the next batch is asked for. Before reusing a slot the worker waits until the batch that last used
 it is counted, so a buffer is never overwritten while the main process still reads it.
 """
 
