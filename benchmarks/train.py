@@ -16,6 +16,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from benchmarks.common import synthetic_shards
 from pipeline.config import PretrainConfig, load_config
 from pipeline.train.pretrain_cli import build_objective, build_train_loader
 from pipeline.train.trainer import train
@@ -49,22 +50,11 @@ def _steady(out: Path) -> tuple[float, float]:
             statistics.median(r["data_wait"] for r in records))
 
 
-def _make_shards(folder: Path, per_class: int) -> Path:
-    from data_prep.synth import generate
-    from pipeline.cli import main
-
-    generate(folder / "raw", per_class=per_class, num_frames=16, size=64, seed=0, val_fraction=0.0, workers=2)
-    code = main(["shard", str(folder / "raw" / "kinetics.csv"), "--root", str(folder / "raw" / "videos"),
-                 "--out", str(folder / "shards"), "--workers", "2", "--max-samples", "16", "--no-progress"])
-    assert code == 0, "sharding the benchmark videos failed"
-    return folder / "shards"
-
-
 def run(quick: bool) -> dict:
     steps = 15 if quick else 60
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        shards = _make_shards(tmp, per_class=4 if quick else 16)
+        _, shards = synthetic_shards(tmp, per_class=4 if quick else 16, val_fraction=0.0, max_samples=16)
         common = [f"data.shards={shards}", f"train.max_steps={steps}", f"train.checkpoint_every={steps}",
                   f"train.image_every={steps}", "train.resume=never"]
         cfg = load_config(PretrainConfig, RECIPE, common + [f"train.output_dir={tmp / 'streamed'}"])

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import main as vssl
+from benchmarks.common import synthetic_shards
 from pipeline.config import FinetuneConfig, PretrainConfig, from_dict
 from pipeline.tasks.evaluate import evaluate
 from pipeline.tasks.finetune import finetune
@@ -67,14 +67,7 @@ BUDGETS = {
 def make_dataset(root: Path, budget: Budget) -> tuple[Path, Path]:
     """(shards folder, DAVIS folder) of a fresh synthetic dataset; the DAVIS folder gets a split
     "bench" of its first `propagation_sequences` val sequences."""
-    raw, shards = root / "raw", root / "shards"
-    for argv in (["synth", "--out", str(raw), "--per-class", str(budget.per_class), "--frames", "16", "--size", "64",
-                  "--val-fraction", "0.25", "--seed", str(SEED), "--workers", "2"],
-                 ["shard", str(raw / "kinetics.csv"), "--root", str(raw / "videos"), "--classes",
-                  str(raw / "classes.txt"), "--out", str(shards), "--workers", "2", "--max-samples", "64",
-                  "--no-progress"]):
-        if vssl(argv) != 0:
-            raise RuntimeError(f"benchmarks/transfer: `vssl {' '.join(argv[:1])}` failed")
+    raw, shards = synthetic_shards(root, budget.per_class, val_fraction=0.25, max_samples=64, seed=SEED)
     sets = raw / "davis" / "ImageSets" / "2017"
     val = (sets / "val.txt").read_text().splitlines()
     (sets / "bench.txt").write_text("".join(f"{name}\n" for name in val[:budget.propagation_sequences]))
