@@ -10,7 +10,16 @@ import pytest
 from pipeline.durable import uninterrupted
 
 
-def test_ctrl_c_inside_the_block_is_raised_after_it():
+@pytest.fixture
+def default_ctrl_c():
+    """Python's own SIGINT handler, whatever this test process inherited (a shell starts
+    background jobs with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_inside_the_block_is_raised_after_it(default_ctrl_c):
     steps = []
     with pytest.raises(KeyboardInterrupt):
         with uninterrupted():

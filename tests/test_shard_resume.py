@@ -93,7 +93,10 @@ def test_ctrl_c_during_a_hang_stops_promptly_and_resumes(kinetics, reference, tm
     out = tmp_path / "out"
     env = {**os.environ, FAULT_ENV: "hang=y09", "PYTHONPATH": str(ROOT)}
     run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *_args(kinetics, out, workers=2)],
-                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           # Ctrl-C-able even where this test inherited SIGINT ignored (a shell's
+                           # background job)
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while b'"done"' not in ((out / JOURNAL_NAME).read_bytes() if (out / JOURNAL_NAME).exists() else b""):
         assert time.monotonic() < deadline and run.poll() is None, "no shard finished before the hang"
