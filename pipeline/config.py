@@ -375,7 +375,7 @@ class ObjectiveConfig:
     decoder_depth: int = 4
     decoder_heads: int = 3
     norm_pix_loss: bool = True
-    target: str = "pixels"  # pixels | frame_diff: reconstruct x_t - x_(t-1) (motion), as MotionMAE/MME do
+    target: str = "pixels"  # pixels | frame_diff: reconstruct/predict x_t - x_(t-1) (motion), as MotionMAE/MME do
     decoder_mask_ratio: float = 0.0  # >0: running-cell decoder masking (VideoMAE v2)
     guided_masking: str = "none"  # none | motion: keep high-motion tubes visible (objectives/guided_masking.py)
     guide_strength: float = 2.0

@@ -11,7 +11,8 @@ from pipeline.models import create_model
 from pipeline.objectives.common import gaussian_nll, normalize_patches, patchify, unpatchify
 from pipeline.objectives.guided_masking import guided_tube_mask
 from pipeline.objectives.predictive import NextFramePredictive, causal_time_mask
-from pipeline.objectives.videomae import VideoMAE, frame_differences
+from pipeline.models.layers import frame_differences
+from pipeline.objectives.videomae import VideoMAE
 
 TINY = dict(embed_dim=32, depth=1, num_heads=2, patch_size=(2, 8, 8), num_frames=8, img_size=32)
 DEC = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2)
@@ -127,6 +128,20 @@ def test_predictive_learns_and_ema_target_follows():
     gap = sum((t - s).abs().sum() for t, s in zip(obj.target_encoder.parameters(), obj.encoder.parameters()))
     assert 0 < float(gap) < sum(p.abs().sum() for p in obj.encoder.parameters())
     assert obj.visualize({"video": video}).ndim == 3
+
+
+def test_predictive_frame_difference_target_is_the_change_to_come():
+    torch.manual_seed(0)
+    cfg = ObjectiveConfig(**DEC, target="frame_diff", norm_pix_loss=False)
+    obj = NextFramePredictive(create_model("vit_tiny_joint", **TINY), cfg).eval()
+    moving = torch.stack([torch.randn(1, 3, 32, 32).roll(2 * t, dims=-1) for t in range(8)], dim=2)
+    torch.testing.assert_close(obj.future_target(moving), moving[:, :, -2:] - moving[:, :, -3:-1])
+    still = torch.randn(1, 3, 1, 32, 32).expand(1, 3, 8, 32, 32).contiguous()
+    assert obj.future_target(still).abs().max() == 0  # nothing moves: the target is all zeros
+    r = obj.predict(still)
+    torch.testing.assert_close(r["err2"], (r["pred"] ** 2).mean(-1))
+    picture = obj.visualize({"video": still})  # rows: future differences, prediction, surprise
+    assert (picture[:32, :32] == 128).all()  # mid-grey = no change
 
 
 def test_motion_guided_mask_keeps_moving_tubes_visible():

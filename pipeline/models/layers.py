@@ -1,13 +1,19 @@
 """Shared transformer layers for the video backbones. This API is kept stable for other backbones.
 
-    from pipeline.models.layers import Attention, Block, TubeletEmbed, resize_pos_grid
+    from pipeline.models.layers import Attention, Block, ConvStem, TubeletEmbed, resize_pos_grid
     embed = TubeletEmbed(in_chans=3, dim=384, patch_size=(2, 16, 16))
     tokens = embed(video)                       # (B, C, T, H, W) -> (B, t*h*w, 384), (t, h, w) order
+    stem = ConvStem(in_chans=3, dim=384, patch_size=(2, 16, 16))
+    tokens = stem(video, keep=None)             # same grid; keep (B, t, h, w) bool = visible tubelets
     attn = Attention(dim=384, num_heads=6)
     y = attn(tokens)                            # or attn(tokens, attn_mask=(B, 1, N, N) bool)
 
 What lives here:
 - `TubeletEmbed(in_chans, dim, patch_size)`: a Conv3d with kernel = stride = tubelet; `flops(grid)`.
+- `ConvStem(in_chans, dim, patch_size)`: the same token grid from a few overlapping 3x3x3 convs
+  (channel LayerNorm + GELU between), stride 2 in space per stage; `keep` confines each visible
+  token to visible pixels for masked encoding. `flops(grid)`.
+- `frame_differences(video)`: x_t - x_(t-1) per frame (frame 0 gets frame 1's difference).
 - `Attention(dim, num_heads, qkv_bias)`: fused qkv Linear -> F.scaled_dot_product_attention
   (flash / memory-efficient kernels on GPU) -> proj. `split_heads(x)` / `merge_heads(o)` let a
   caller route queries and keys itself (windows, global tokens). `flops(groups, q_len, k_len)`.
@@ -47,13 +53,78 @@ class TubeletEmbed(nn.Module):
         self.patch_size = tuple(patch_size)
         self.proj = nn.Conv3d(in_chans, dim, kernel_size=self.patch_size, stride=self.patch_size)
 
-    def forward(self, video: Tensor) -> Tensor:
+    def forward(self, video: Tensor, keep: Tensor | None = None) -> Tensor:
+        """`keep` is accepted for ConvStem's interface; a tubelet only ever sees its own pixels."""
         return self.proj(video).flatten(2).transpose(1, 2).contiguous()
 
     def flops(self, grid: tuple[int, int, int]) -> int:
         t, h, w = grid
         kernel = self.proj.in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
         return linear_flops(t * h * w, kernel, self.proj.out_channels)
+
+
+class ConvStem(nn.Module):
+    """An early-convolution stem in place of the tubelet embedding ("Early Convolutions Help
+    Transformers See Better", Xiao et al. 2021, in 3-D): log2(ph) stages of 3x3x3 convs, each
+    halving H and W; the middle log2(pt) stages also halve T. Between stages a LayerNorm over
+    channels (per position, so no statistics mix positions or clips) and GELU; the last stage
+    outputs `dim` channels on the (T/pt, H/ph, W/pw) grid, as TubeletEmbed(patch_size) does.
+
+    Masked encoding: `keep` (B, t, h, w) bool marks visible tubelets. The input and every stage's
+    output are zeroed outside them, so a visible token's overlapping receptive field sees zeros,
+    never hidden pixels (a dense emulation of sparse convolution, as SparK does for ConvNets).
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: tuple[int, int, int]):
+        super().__init__()
+        pt, ph, pw = self.patch_size = tuple(patch_size)
+        stages = ph.bit_length() - 1
+        if ph != pw or ph < 2 or ph != 1 << stages or pt & (pt - 1) or pt > ph:
+            raise ValueError(f"patch_size: the conv stem needs ph == pw a power of two >= 2 and pt a power of "
+                             f"two <= ph, got {list(patch_size)}")
+        time_stages = pt.bit_length() - 1
+        first_t = max(0, (stages - time_stages) // 2)
+        self.strides = [(2 if first_t <= i < first_t + time_stages else 1, 2, 2) for i in range(stages)]
+        widths = [max(16, dim >> (stages - 1 - i)) for i in range(stages - 1)] + [dim]
+        self.convs = nn.ModuleList(nn.Conv3d(c_in, c_out, 3, stride=s, padding=1)
+                                   for c_in, c_out, s in zip([in_chans, *widths], widths, self.strides))
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in widths[:-1])
+
+    def forward(self, video: Tensor, keep: Tensor | None = None) -> Tensor:
+        x = video if keep is None else video * _expand_keep(keep, video.shape[2:], video.dtype)
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if i < len(self.norms):
+                x = F.gelu(self.norms[i](x.movedim(1, -1))).movedim(-1, 1)
+                if keep is not None:
+                    x = x * _expand_keep(keep, x.shape[2:], x.dtype)
+        return x.flatten(2).transpose(1, 2).contiguous()
+
+    def flops(self, grid: tuple[int, int, int]) -> int:
+        size = [g * p for g, p in zip(grid, self.patch_size)]
+        total = 0
+        for conv, stride in zip(self.convs, self.strides):
+            size = [n // s for n, s in zip(size, stride)]
+            total += linear_flops(size[0] * size[1] * size[2], conv.in_channels * 27, conv.out_channels)
+        return total
+
+
+def _expand_keep(keep: Tensor, size, dtype: torch.dtype) -> Tensor:
+    """(B, t, h, w) bool -> (B, 1, *size) 0/1 of `dtype`, each tubelet's value over its pixels."""
+    t, h, w = keep.shape[1:]
+    scale = (size[0] // t, size[1] // h, size[2] // w)
+    out = keep.to(dtype)[:, None]
+    for dim, factor in zip((2, 3, 4), scale):
+        out = out.repeat_interleave(factor, dim=dim)
+    return out
+
+
+def frame_differences(video: Tensor) -> Tensor:
+    """(B, C, T, H, W) -> x_t - x_(t-1) for t >= 1; frame 0 gets frame 1's difference (T >= 2)."""
+    if video.shape[2] < 2:
+        raise ValueError(f"frame differences need >= 2 frames, got {video.shape[2]}")
+    diff = video[:, :, 1:] - video[:, :, :-1]
+    return torch.cat([diff[:, :, :1], diff], dim=2)
 
 
 class Attention(nn.Module):

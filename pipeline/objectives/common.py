@@ -90,6 +90,14 @@ def to_uint8_frames(video: Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return (x.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
+def display_stats(target: str, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple, tuple]:
+    """(mean, std) that to_uint8_frames should undo for a target video: the clip's own, or for
+    objective.target=frame_diff mid-grey = no change, a difference of +-1 pixel unit = white/black."""
+    if target == "frame_diff":
+        return (0.5,) * len(mean), tuple(0.5 * s for s in std)
+    return mean, std
+
+
 def heat_rgb(values: np.ndarray) -> np.ndarray:
     """(..., ) float -> (..., 3) uint8 'hot' colour map scaled to the array's own range."""
     v = values.astype(np.float64)

@@ -6,8 +6,9 @@ The encoder sees the context: all but the last `predict_steps` tubelet time step
 A causal temporal predictor (a transformer whose tokens attend only to tokens at the same or
 earlier time steps) reads the context tokens followed by one query token per future position and
 predicts, for each future token, (a) the pixels of its region (per-patch normalised, as VideoMAE
-targets), (b) optionally the latent of an EMA target encoder that saw the whole clip, and (c) a
-log precision s. The loss is the Gaussian negative log-likelihood 0.5*exp(s)*err^2 - 0.5*s
+targets; with objective.target=frame_diff its frame differences x_t - x_(t-1), the change to
+come), (b) optionally the latent of an EMA target encoder that saw the whole clip, and (c) a log
+precision s. The loss is the Gaussian negative log-likelihood 0.5*exp(s)*err^2 - 0.5*s
 (common.gaussian_nll) with err^2 the token's mean squared error, so the model learns where the
 future is predictable. precision*|error| per token is the surprise map (logged as a picture).
 """
@@ -22,8 +23,9 @@ from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone
-from pipeline.objectives.common import (gaussian_nll, heat_rgb, init_weights, normalize_patches, patchify,
-                                        picture_rows, sincos_pos_embed, to_uint8_frames, transformer,
+from pipeline.models.layers import frame_differences
+from pipeline.objectives.common import (display_stats, gaussian_nll, heat_rgb, init_weights, normalize_patches,
+                                        patchify, picture_rows, sincos_pos_embed, to_uint8_frames, transformer,
                                         unpatchify, upsample_tokens)
 from pipeline.objectives.videomae import IMAGENET_MEAN, IMAGENET_STD
 
@@ -82,8 +84,13 @@ class NextFramePredictive(nn.Module):
     def _log_precision(self, head: nn.Linear, x: Tensor) -> Tensor:
         return head(x).squeeze(-1).clamp(self.cfg.log_precision_min, self.cfg.log_precision_max)
 
+    def future_target(self, video: Tensor) -> Tensor:
+        """The future part of what is predicted: frames, or frame differences (objective.target)."""
+        return self.split(frame_differences(video) if self.cfg.target == "frame_diff" else video)[1]
+
     def predict(self, video: Tensor) -> dict[str, Tensor]:
-        context, future = self.split(video)
+        context, _ = self.split(video)
+        future = self.future_target(video)
         ctx = self.encoder(context)
         t, h, w = ctx.grid
         k = self.cfg.predict_steps
@@ -132,13 +139,13 @@ class NextFramePredictive(nn.Module):
 
     @torch.no_grad()
     def visualize(self, batch: dict) -> np.ndarray:
-        """Rows: the future frames, the predicted future frames, the surprise map, for sample 0."""
+        """Rows: the future frames (or differences), their prediction, the surprise map, for sample 0."""
         video = batch["video"][:1].float()
         was_training = self.training
         self.eval()
         r = self.predict(video)
         self.train(was_training)
-        _, future = self.split(video)
+        future = self.future_target(video)
         stride, c = self.encoder.output_stride, self.channels
         grid = tuple(int(g) for g in r["grid"])
         pred = r["pred"]
@@ -147,6 +154,7 @@ class NextFramePredictive(nn.Module):
             pred = (pred.reshape(*mean.shape[:2], -1, c) * std + mean).reshape(pred.shape)
         pred_frames = unpatchify(pred, stride, grid, c)
         heat = upsample_tokens(self.surprise(r)[0], grid, tuple(future.shape[2:]))
-        rows = [to_uint8_frames(future[0], self.mean, self.std), to_uint8_frames(pred_frames[0], self.mean, self.std),
+        mean, std = display_stats(self.cfg.target, self.mean, self.std)
+        rows = [to_uint8_frames(future[0], mean, std), to_uint8_frames(pred_frames[0], mean, std),
                 heat_rgb(heat)]
         return picture_rows(rows)

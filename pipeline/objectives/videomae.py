@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone, is_tube_mask
-from pipeline.objectives.common import (init_weights, normalize_patches, patchify, picture_rows, sincos_pos_embed,
-                                        to_uint8_frames, transformer, unpatchify)
+from pipeline.models.layers import frame_differences
+from pipeline.objectives.common import (display_stats, init_weights, normalize_patches, patchify, picture_rows,
+                                        sincos_pos_embed, to_uint8_frames, transformer, unpatchify)
 from pipeline.data.masking import running_cell_mask
 from pipeline.objectives.guided_masking import guided_tube_mask
 
@@ -136,15 +137,7 @@ class VideoMAE(nn.Module):
         m = mask[..., None].to(raw.dtype)
         masked = unpatchify(raw * (1 - m), patch, grid, c)
         recon = unpatchify(raw * (1 - m) + pred.to(raw.dtype) * m, patch, grid, c)
-        mean, std = self.mean, self.std
-        if self.cfg.target == "frame_diff":  # a difference of +-1 (in pixel units) spans black to white
-            mean, std = (0.5,) * len(mean), tuple(0.5 * s for s in std)
+        mean, std = display_stats(self.cfg.target, self.mean, self.std)
         rows = [to_uint8_frames(video[0], self.mean, self.std)] + [to_uint8_frames(v[0], mean, std)
                                                                     for v in (masked, recon)]
         return picture_rows(rows)
-
-
-def frame_differences(video: Tensor) -> Tensor:
-    """(B, C, T, H, W) -> x_t - x_(t-1) for t >= 1; frame 0 gets frame 1's difference (T >= 2)."""
-    diff = video[:, :, 1:] - video[:, :, :-1]
-    return torch.cat([diff[:, :, :1], diff], dim=2)

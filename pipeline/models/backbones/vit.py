@@ -9,7 +9,10 @@ Registered names: `vit_{tiny,small,base,large,huge}_{joint,divided,factorised,ax
 (attention variants: pipeline/models/attention.py). Sizes (embed_dim / depth / heads):
 tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16, huge 1280/32/16.
 
-- Tubelet embedding (default 2x16x16) over the (t, h, w) token grid. Position embedding "sincos"
+- Tubelet embedding (default 2x16x16) over the (t, h, w) token grid, or with stem="conv" a small
+  3x3x3 conv stem onto the same grid (layers.ConvStem; masked encoding keeps it off hidden pixels).
+  input_transform="frame_diff" feeds the stem x_t - x_(t-1) instead of the frames: the encoder sees
+  only what moves (objectives still read the frames for their targets). Position embedding "sincos"
   (VideoMAE's fixed table over the flattened grid) or "learned"; both are defined on the grid of
   (num_frames, img_size) and resampled (bicubic in space, linear in time) for any other input.
 - Prefix tokens: an optional cls token (joint, divided: the TimeSformer / ViViT layout; it is the
@@ -41,7 +44,8 @@ from timm.layers import trunc_normal_
 
 from pipeline.models.attention import MIXERS, JointMixer, TokenLayout
 from pipeline.models.base import BackboneOutput, VideoBackbone, is_tube_mask
-from pipeline.models.layers import Block, TubeletEmbed, resize_pos_grid, sincos_table
+from pipeline.models.layers import (Block, ConvStem, TubeletEmbed, frame_differences, resize_pos_grid,
+                                    sincos_table)
 from pipeline.models.registry import register_model
 
 SIZES: dict[str, dict] = {
@@ -64,7 +68,8 @@ class VideoViT(VideoBackbone):
                  qkv_bias: bool = True, pos_embed: str = "sincos", cls_token: bool = False,
                  final_norm: str = "tokens", norm_eps: float = 1e-6, act: str = "gelu",
                  drop_path_rate: float = 0.0, temporal_depth: int | None = None,
-                 window: tuple[int, int, int] | None = None, num_global_tokens: int | None = None):
+                 window: tuple[int, int, int] | None = None, num_global_tokens: int | None = None,
+                 stem: str = "tubelet", input_transform: str = "none"):
         super().__init__()
         patch_size = tuple(patch_size)
         self.config = dict(name=name, attention=attention, embed_dim=embed_dim, depth=depth,
@@ -73,16 +78,18 @@ class VideoViT(VideoBackbone):
                            qkv_bias=qkv_bias, pos_embed=pos_embed, cls_token=cls_token,
                            final_norm=final_norm, norm_eps=norm_eps, act=act,
                            drop_path_rate=drop_path_rate, temporal_depth=temporal_depth,
-                           window=list(window) if window else None, num_global_tokens=num_global_tokens)
+                           window=list(window) if window else None, num_global_tokens=num_global_tokens,
+                           stem=stem, input_transform=input_transform)
         _check_arguments(self.config)
         self.attention = attention
         self.requires_tube_mask = attention in TUBE_ONLY
         self.embed_dim, self.num_frames, self.img_size = embed_dim, num_frames, img_size
         self.patch_size, self.in_chans, self.final_norm = patch_size, in_chans, final_norm
+        self.input_transform = input_transform
         self.grad_checkpointing = False
         self.base_grid = self.token_grid(num_frames, img_size, img_size)
 
-        self.patch_embed = TubeletEmbed(in_chans, embed_dim, patch_size)
+        self.patch_embed = (ConvStem if stem == "conv" else TubeletEmbed)(in_chans, embed_dim, patch_size)
         num_tokens = math.prod(self.base_grid)
         if pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, embed_dim))
@@ -107,6 +114,9 @@ class VideoViT(VideoBackbone):
                 block(temporal(), drop_path=rates[depth + i]) for i in range(self._temporal_depth()))
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm != "none" else None
         self.apply(_init_weights)
+        if stem == "conv":  # PyTorch's fan-in init: trunc-normal(0.02) would shrink the signal stage by stage
+            for conv in self.patch_embed.convs:
+                conv.reset_parameters()
         for p in (self.pos_embed, self.cls_token, self.global_tokens):
             if isinstance(p, nn.Parameter):
                 trunc_normal_(p, std=0.02)
@@ -158,7 +168,9 @@ class VideoViT(VideoBackbone):
         batch = video.shape[0]
         grid = self.token_grid(*video.shape[2:])
         layout = self.layout(mask, grid, batch)
-        x = self.patch_embed(video) + self.position_embedding(grid).to(video.dtype)
+        keep = None if layout.kept is None else ~mask.view(batch, *grid)
+        pixels = frame_differences(video) if self.input_transform == "frame_diff" else video
+        x = self.patch_embed(pixels, keep) + self.position_embedding(grid).to(video.dtype)
         if layout.kept is not None:
             x = x.gather(1, layout.kept[..., None].expand(-1, -1, x.shape[-1]))
         prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.global_tokens) if t is not None]
@@ -222,7 +234,8 @@ def _check_arguments(cfg: dict) -> None:
     attention = cfg["attention"]
     if attention not in ATTENTIONS:
         raise ValueError(f"attention: must be one of {list(ATTENTIONS)}, got {attention!r}")
-    choices = {"pos_embed": ("sincos", "learned"), "final_norm": ("tokens", "pooled", "none")}
+    choices = {"pos_embed": ("sincos", "learned"), "final_norm": ("tokens", "pooled", "none"),
+               "stem": ("tubelet", "conv"), "input_transform": ("none", "frame_diff")}
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             raise ValueError(f"{key}: must be one of {list(allowed)}, got {cfg[key]!r}")
