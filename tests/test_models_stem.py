@@ -8,6 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.models import create_model
+from pipeline.data.masking import random_mask
 from pipeline.models.base import random_tube_mask
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.layers import ConvStem, TubeletEmbed, frame_differences
@@ -54,14 +55,18 @@ def test_conv_stem_mixes_neighbouring_tubelets_when_unmasked():
     assert not torch.allclose(a[0, 1], b[0, 1])  # token (0, 0, 1), a neighbour
 
 
-@pytest.mark.parametrize("attention", ["joint", "divided"])
-@pytest.mark.parametrize("input_transform", ["none", "frame_diff"])
-def test_masked_encoding_never_sees_hidden_pixels(attention, input_transform):
-    """Visible-only encoding with the conv stem: rewriting every hidden tubelet's pixels leaves
-    every output token unchanged."""
-    model = tiny(attention, stem="conv", input_transform=input_transform)
+@pytest.mark.parametrize("attention, stem, input_transform, masking", [
+    ("joint", "conv", "none", "tube"), ("joint", "conv", "frame_diff", "tube"),
+    ("divided", "conv", "frame_diff", "tube"), ("joint", "conv", "none", "random"),
+    ("joint", "conv", "frame_diff", "random"), ("joint", "tubelet", "frame_diff", "random")])
+def test_masked_encoding_never_sees_hidden_pixels(attention, stem, input_transform, masking):
+    """Visible-only encoding: rewriting every hidden tubelet's pixels leaves every output token
+    unchanged, also where a frame difference or a 3x3x3 conv reaches across a tubelet border."""
+    model = tiny(attention, stem=stem, input_transform=input_transform)
     grid = model.token_grid(4, 32, 32)
-    mask = random_tube_mask(2, grid, 0.75, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    mask = (random_tube_mask(2, grid, 0.75, generator) if masking == "tube"
+            else random_mask(2, grid, 0.75, generator))
     video = clip()
     hidden = mask.view(2, 1, *grid, 1, 1, 1).float()  # (B, 1, t, h, w, 1, 1, 1)
     noise = clip(seed=9).view(2, 3, grid[0], 2, grid[1], 8, grid[2], 8).permute(0, 1, 2, 4, 6, 3, 5, 7)

@@ -14,6 +14,7 @@ What lives here:
   (channel LayerNorm + GELU between), stride 2 in space per stage; `keep` confines each visible
   token to visible pixels for masked encoding. `flops(grid)`.
 - `frame_differences(video)`: x_t - x_(t-1) per frame (frame 0 gets frame 1's difference).
+- `expand_keep(keep, size, dtype)`: a (B, t, h, w) visible-tubelet map as a 0/1 pixel mask.
 - `Attention(dim, num_heads, qkv_bias)`: fused qkv Linear -> F.scaled_dot_product_attention
   (flash / memory-efficient kernels on GPU) -> proj. `split_heads(x)` / `merge_heads(o)` let a
   caller route queries and keys itself (windows, global tokens). `flops(groups, q_len, k_len)`.
@@ -91,13 +92,13 @@ class ConvStem(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in widths[:-1])
 
     def forward(self, video: Tensor, keep: Tensor | None = None) -> Tensor:
-        x = video if keep is None else video * _expand_keep(keep, video.shape[2:], video.dtype)
+        x = video if keep is None else video * expand_keep(keep, video.shape[2:], video.dtype)
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if i < len(self.norms):
                 x = F.gelu(self.norms[i](x.movedim(1, -1))).movedim(-1, 1)
                 if keep is not None:
-                    x = x * _expand_keep(keep, x.shape[2:], x.dtype)
+                    x = x * expand_keep(keep, x.shape[2:], x.dtype)
         return x.flatten(2).transpose(1, 2).contiguous()
 
     def flops(self, grid: tuple[int, int, int]) -> int:
@@ -109,7 +110,7 @@ class ConvStem(nn.Module):
         return total
 
 
-def _expand_keep(keep: Tensor, size, dtype: torch.dtype) -> Tensor:
+def expand_keep(keep: Tensor, size, dtype: torch.dtype) -> Tensor:
     """(B, t, h, w) bool -> (B, 1, *size) 0/1 of `dtype`, each tubelet's value over its pixels."""
     t, h, w = keep.shape[1:]
     scale = (size[0] // t, size[1] // h, size[2] // w)

@@ -44,8 +44,8 @@ from timm.layers import trunc_normal_
 
 from pipeline.models.attention import MIXERS, JointMixer, TokenLayout
 from pipeline.models.base import BackboneOutput, VideoBackbone, is_tube_mask
-from pipeline.models.layers import (Block, ConvStem, TubeletEmbed, frame_differences, resize_pos_grid,
-                                    sincos_table)
+from pipeline.models.layers import (Block, ConvStem, TubeletEmbed, expand_keep, frame_differences,
+                                    resize_pos_grid, sincos_table)
 from pipeline.models.registry import register_model
 
 SIZES: dict[str, dict] = {
@@ -169,7 +169,10 @@ class VideoViT(VideoBackbone):
         grid = self.token_grid(*video.shape[2:])
         layout = self.layout(mask, grid, batch)
         keep = None if layout.kept is None else ~mask.view(batch, *grid)
-        pixels = frame_differences(video) if self.input_transform == "frame_diff" else video
+        pixels = video
+        if self.input_transform == "frame_diff":  # hidden pixels zeroed first: none reaches a visible difference
+            shown = video if keep is None else video * expand_keep(keep, video.shape[2:], video.dtype)
+            pixels = frame_differences(shown)
         x = self.patch_embed(pixels, keep) + self.position_embedding(grid).to(video.dtype)
         if layout.kept is not None:
             x = x.gather(1, layout.kept[..., None].expand(-1, -1, x.shape[-1]))
