@@ -130,3 +130,10 @@ def test_tracking_head_overfits_one_template_search_pair():
     with torch.no_grad():
         predicted = decode_boxes(model(template, search), (128, 128))
     assert paired_box_iou(predicted, truth).item() > 0.8
+
+
+def test_tracking_head_refuses_a_motion_input_encoder():
+    enc = create_model("vit_tiny_joint", num_frames=4, img_size=32, patch_size=(2, 8, 8), depth=1,
+                       input_transform="frame_diff")
+    with pytest.raises(ValueError, match="compares single frames, which a motion-input encoder"):
+        TaskModel(enc, TrackingHead(enc.num_features, width=32), freeze_encoder=True)

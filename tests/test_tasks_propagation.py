@@ -12,7 +12,7 @@ from pipeline.models import create_model
 from pipeline.models.base import BackboneOutput, VideoBackbone
 from pipeline.objectives.common import patchify
 from pipeline.tasks import davis, propagation
-from pipeline.tasks.features import frame_features, to_model_input, tokens_to_grid
+from pipeline.tasks.features import frame_features, sequence_features, to_model_input, tokens_to_grid
 from pipeline.tasks.propagation import PropagationConfig
 
 CELL = 8
@@ -128,6 +128,55 @@ def test_frame_features_encode_each_frame_alone_with_a_real_backbone():
         alone = frame_features(encoder, frames[1:2])
     assert maps.shape == (3, encoder.num_features, 2, 3)
     torch.testing.assert_close(maps[1:2], alone, atol=1e-5, rtol=1e-4)
+
+
+def motion_vit(**kw):
+    torch.manual_seed(0)
+    return create_model("vit_tiny_joint", num_frames=4, img_size=32, patch_size=(2, 8, 8), depth=2,
+                        input_transform="frame_diff", **kw).eval()
+
+
+def test_sequence_features_give_each_frame_its_tubelet_in_the_window_ending_at_it():
+    encoder = motion_vit()
+    frames = torch.randn(7, 3, 32, 32)
+    with torch.no_grad():
+        maps = sequence_features(encoder, frames, batch_size=8)
+        grid = lambda clip: tokens_to_grid(encoder(clip.transpose(0, 1)[None]))[0]
+        first = grid(frames[0:4])       # frames 0-3 all take the first window (0, 1 | 2, 3)
+        late = [grid(frames[f - 3:f + 1])[:, -1] for f in range(3, 7)]  # then the last tubelet
+    assert maps.shape == (7, encoder.num_features, 4, 4)
+    for f in range(3):
+        torch.testing.assert_close(maps[f], first[:, f // 2], atol=1e-5, rtol=1e-4)
+    for f in range(3, 7):
+        torch.testing.assert_close(maps[f], late[f - 3], atol=1e-5, rtol=1e-4)
+
+
+def test_sequence_features_of_a_motion_encoder_see_motion_not_stills():
+    encoder = motion_vit(stem="conv")
+    frames = torch.randn(6, 3, 32, 32)
+    still = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        maps = sequence_features(encoder, frames)
+        assert not torch.allclose(maps[4], maps[5], atol=1e-3)
+        torch.testing.assert_close(sequence_features(encoder, frames + still), maps, atol=1e-4, rtol=1e-4)
+        short = sequence_features(encoder, frames[:3])  # shorter than the 4-frame window: padded
+    assert short.shape == (3, encoder.num_features, 4, 4)
+
+
+def test_motion_encoders_refuse_single_frames():
+    encoder = motion_vit()
+    with pytest.raises(ValueError, match="a single frame gives it nothing"):
+        frame_features(encoder, torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="needs at least 2 frames, got 1"):
+        sequence_features(encoder, torch.randn(1, 3, 32, 32))
+
+
+def test_sequence_features_of_an_appearance_encoder_are_its_frame_features():
+    torch.manual_seed(0)
+    encoder = create_model("vit_tiny_joint", num_frames=4, img_size=32, patch_size=(2, 8, 8), depth=2).eval()
+    frames = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(sequence_features(encoder, frames), frame_features(encoder, frames))
 
 
 def test_tokens_to_grid_refuses_visible_only_tokens():

@@ -58,6 +58,7 @@ class VideoBackbone(nn.Module):
 
     mask_mode: MaskMode = "visible_only"
     requires_tube_mask: bool = False
+    motion_input: bool = False  # sees changes between frames only: a still frame carries nothing
     embed_dim: int
     patch_size: tuple[int, int, int]  # (pt, ph, pw)
     num_frames: int

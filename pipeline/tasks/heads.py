@@ -138,6 +138,9 @@ class TaskModel(nn.Module):
         if getattr(head, "consumes", None) not in CONSUMES:
             raise ValueError(f"TaskModel: head {type(head).__name__} must say what it consumes "
                              f"(consumes = one of {CONSUMES})")
+        if head.consumes == "frame_pair" and encoder.motion_input:
+            raise ValueError(f"TaskModel: {type(head).__name__} compares single frames, which a motion-input "
+                             "encoder (input_transform=frame_diff) cannot see; use an appearance encoder")
         self.encoder, self.head, self.freeze_encoder = encoder, head, freeze_encoder
         if freeze_encoder:
             encoder.requires_grad_(False)

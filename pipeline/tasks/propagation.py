@@ -9,7 +9,8 @@
     propagation.summarize([result, ...])   # {"J", "F", "J&F", "objects"}
 
 The protocol of DINO / VideoMAE-style DAVIS evaluations:
-1. Features: every frame encoded alone (pipeline/tasks/features.py: repeated to one tubelet), on
+1. Features: every frame encoded alone (pipeline/tasks/features.py: repeated to one tubelet; a
+   motion-input encoder gets each frame's tubelet in a window of the frames up to it), on
    the encoder's token grid (frames resized to multiples of its stride), L2-normalised per position.
 2. Labels: the first annotation as soft one-hot labels on the grid (area-averaged, so a cell on an
    object's edge carries both ids); id 255 (void) counts as background.
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from pipeline.models.base import VideoBackbone
 from pipeline.tasks.davis import DavisSequence
-from pipeline.tasks.features import frame_features, resize_to_stride, to_model_input
+from pipeline.tasks.features import resize_to_stride, sequence_features, to_model_input
 from pipeline.tasks.metrics import davis_sequence_scores, davis_summary
 
 VOID_ID = 255
@@ -113,7 +114,7 @@ def segment_sequence(encoder: VideoBackbone, frames: np.ndarray, first_mask: np.
     encoder.eval()
     try:
         x = resize_to_stride(to_model_input(frames), encoder.output_stride[1:])
-        features = frame_features(encoder, x, config.batch_size).float()
+        features = sequence_features(encoder, x, config.batch_size).float()
     finally:
         encoder.train(was_training)
     first = torch.as_tensor(first_mask)

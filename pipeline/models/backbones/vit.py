@@ -86,6 +86,7 @@ class VideoViT(VideoBackbone):
         self.embed_dim, self.num_frames, self.img_size = embed_dim, num_frames, img_size
         self.patch_size, self.in_chans, self.final_norm = patch_size, in_chans, final_norm
         self.input_transform = input_transform
+        self.motion_input = input_transform == "frame_diff"
         self.grad_checkpointing = False
         self.base_grid = self.token_grid(num_frames, img_size, img_size)
 
