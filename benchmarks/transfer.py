@@ -10,15 +10,21 @@
    targets, each with its own step budget.
 3. With a class-balanced 10% of the training labels (task.label_fraction), fine-tune the same
    architecture from the VideoMAE encoder, the predictive encoder and from scratch, each with
-   the same budget (steps, batch, lr, seed): classification (full fine-tuning, no layer decay) and
-   segmentation (light decoder on the masks); evaluate on the whole val split, one clip per video.
-4. Label propagation (no training) on the synthetic DAVIS val folder with each encoder.
+   the same budget (steps, batch, lr) and the same fine-tuning seeds (head and scratch init,
+   batch order, crops): classification (full fine-tuning, no layer decay) and segmentation (light
+   decoder on the masks); evaluate on the whole val split, one clip per video. A short budget, as
+   a lab fine-tunes a pretrained model: scratch spends its first 100-200 steps at chance.
+4. Label propagation (no training) on the synthetic DAVIS val folder with each encoder; the
+   frame-difference encoders get each frame's features from a window of the frames up to it
+   (pipeline/tasks/features.py: sequence_features).
 
-Metrics (points = percentage points; every peer is measured in this run):
+Metrics (points = percentage points; means over the fine-tuning seeds; every peer is measured in
+this run):
     videomae_minus_scratch_top1, predictive_minus_scratch_top1   val top-1 difference, points
     jf_gain, predictive_jf_gain       VideoMAE / predictive J&F minus untrained-encoder J&F, points
     miou_gain, predictive_miou_gain   VideoMAE / predictive mIoU minus scratch mIoU, points
-A table with every score, the seeds and the budgets is printed before the JSON line.
+A table with every score (the mean, then each seed's), the seeds and the budgets is printed
+before the JSON line.
 """
 
 from __future__ import annotations
@@ -56,14 +62,15 @@ class Budget:
     segment_steps: int
     finetune_batch: int
     propagation_sequences: int  # the first ones of the DAVIS val split
+    seeds: tuple[int, ...] = (0, 1)  # fine-tuning seeds (init of the head / scratch model, batches, crops)
     label_fraction: float = 0.1
 
 
 BUDGETS = {
     "quick": Budget(per_class=24, videomae_steps=40, predictive_steps=30, pretrain_batch=16,
-                    classify_steps=30, segment_steps=20, finetune_batch=8, propagation_sequences=16),
+                    classify_steps=20, segment_steps=10, finetune_batch=8, propagation_sequences=8),
     "full": Budget(per_class=375, videomae_steps=400, predictive_steps=400, pretrain_batch=16,
-                   classify_steps=400, segment_steps=80, finetune_batch=16, propagation_sequences=80),
+                   classify_steps=160, segment_steps=40, finetune_batch=16, propagation_sequences=32),
 }
 
 
@@ -77,9 +84,9 @@ def make_dataset(root: Path, budget: Budget) -> tuple[Path, Path]:
     return shards, raw / "davis"
 
 
-def data_section(shards: Path, batch: int, **extra) -> dict:
+def data_section(shards: Path, batch: int, seed: int = SEED, **extra) -> dict:
     return {"shards": str(shards), "num_frames": 8, "frame_stride": 2, "crop": "multiscale", "crop_size": 64,
-            "flip_prob": 0.0, "batch_size": batch, "num_workers": 1, "decode_timeout_s": 0.0, "seed": SEED,
+            "flip_prob": 0.0, "batch_size": batch, "num_workers": 1, "decode_timeout_s": 0.0, "seed": seed,
             **extra}
 
 
@@ -98,18 +105,18 @@ def pretrain(root: Path, shards: Path, objective: str, steps: int, budget: Budge
 
 
 def task_config(root: Path, shards: Path, davis: Path, kind: str, init: str, encoders: dict[str, Path],
-                steps: int, budget: Budget) -> FinetuneConfig:
+                steps: int, budget: Budget, seed: int = SEED) -> FinetuneConfig:
     task, lr = {"classification": ({"head": "linear", "label_smoothing": 0.1}, 1e-3),
                 "segmentation": ({"head": "decoder"}, 3e-3),
                 "propagation": ({"davis_root": str(davis), "davis_split": "bench", "propagation_scale": 2,
                                  "propagation_radius": 3}, 1e-3)}[kind]  # propagation trains nothing
     return from_dict(FinetuneConfig, {
-        "data": data_section(shards, budget.finetune_batch, mask_type="none", eval_clips=1),
+        "data": data_section(shards, budget.finetune_batch, seed, mask_type="none", eval_clips=1),
         "model": {**MODEL, "pretrained": str(encoders.get(init, ""))},
         "task": {"kind": kind, "label_fraction": budget.label_fraction, "pictures": 2, **task},
-        "train": {"output_dir": str(root / f"{kind}-{init}"), "max_steps": max(steps, 1), "lr": lr,
+        "train": {"output_dir": str(root / f"{kind}-{init}-seed{seed}"), "max_steps": max(steps, 1), "lr": lr,
                   "warmup_steps": max(1, steps // 10), "weight_decay": 0.05, "betas": [0.9, 0.999],
-                  "checkpoint_every": 100, "image_every": max(steps, 1), "seed": SEED}})
+                  "checkpoint_every": 100, "image_every": max(steps, 1), "seed": seed}})
 
 
 def score(cfg: FinetuneConfig) -> dict[str, float]:
@@ -126,7 +133,7 @@ def run(quick: bool) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the loader's decoding of 64 px clips takes a few % of a core
     seconds: dict[str, float] = {}
-    scores: dict[str, dict[str, dict[str, float]]] = {}
+    scores: dict[str, dict[str, list[dict[str, float]]]] = {}  # kind -> init -> one metrics dict per seed
     try:
         with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp:
             root = Path(tmp)
@@ -138,16 +145,19 @@ def run(quick: bool) -> dict:
                 start = time.perf_counter()
                 encoders[objective] = pretrain(root, shards, objective, steps, budget)
                 seconds[f"pretrain_{objective}"] = time.perf_counter() - start
-            for kind, steps in (("classification", budget.classify_steps), ("segmentation", budget.segment_steps),
-                                ("propagation", 0)):
+            for kind, steps, seeds in (("classification", budget.classify_steps, budget.seeds),
+                                       ("segmentation", budget.segment_steps, budget.seeds),
+                                       ("propagation", 0, (SEED,))):  # trains nothing: one run
                 start = time.perf_counter()
-                scores[kind] = {init: score(task_config(root, shards, davis, kind, init, encoders, steps, budget))
-                                for init in INITS}
+                scores[kind] = {init: [score(task_config(root, shards, davis, kind, init, encoders, steps, budget, seed))
+                                       for seed in seeds] for init in INITS}
                 seconds[kind] = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
     print_table(budget, scores, seconds)
-    top1, miou, jf = ({init: 100 * scores[kind][init][name] for init in INITS}
+    mean = {kind: {init: {name: 100 * sum(run[name] for run in runs) / len(runs) for name in runs[0]}
+                   for init, runs in by_init.items()} for kind, by_init in scores.items()}
+    top1, miou, jf = ({init: mean[kind][init][name] for init in INITS}
                       for kind, name in (("classification", "top1"), ("segmentation", "mIoU"), ("propagation", "J&F")))
     metrics = {"videomae_minus_scratch_top1": round(top1["videomae"] - top1["scratch"], 1),
                "predictive_minus_scratch_top1": round(top1["predictive"] - top1["scratch"], 1),
@@ -156,6 +166,7 @@ def run(quick: bool) -> dict:
                "predictive_jf_gain": round(jf["predictive"] - jf["scratch"], 1),
                "predictive_miou_gain": round(miou["predictive"] - miou["scratch"], 1),
                **{f"top1_{init}": round(top1[init], 1) for init in INITS},
+               "seeds": len(budget.seeds),
                "minutes": round(sum(seconds.values()) / 60, 1)}
     goals = {"videomae_minus_scratch_top1": ">= 10", "predictive_minus_scratch_top1": ">= 10",
              "jf_gain": "> 0", "miou_gain": "> 0", "predictive_jf_gain": "> 0", "predictive_miou_gain": "> 0",
@@ -164,10 +175,16 @@ def run(quick: bool) -> dict:
 
 
 def print_table(budget: Budget, scores: dict, seconds: dict) -> None:
+    """Per init: the mean over seeds, then each seed's score in brackets."""
     rows = [("classification top-1 %", "classification", "top1"), ("classification top-5 %", "classification", "top5"),
             ("segmentation mIoU %", "segmentation", "mIoU"), ("propagation J&F %", "propagation", "J&F")]
-    print(f"transfer: seed {SEED}, budgets {asdict(budget)}")
-    print(f"transfer: {'':<24}" + "".join(f"{init:>12}" for init in INITS))
+    print(f"transfer: data/pretraining seed {SEED}, budgets {asdict(budget)}")
+    print(f"transfer: {'':<24}" + "".join(f"{init:>24}" for init in INITS))
     for title, kind, name in rows:
-        print(f"transfer: {title:<24}" + "".join(f"{100 * scores[kind][init][name]:>12.1f}" for init in INITS))
+        cells = []
+        for init in INITS:
+            values = [100 * run[name] for run in scores[kind][init]]
+            each = f" ({', '.join(f'{v:.1f}' for v in values)})" if len(values) > 1 else ""
+            cells.append(f"{sum(values) / len(values):.1f}{each}")
+        print(f"transfer: {title:<24}" + "".join(f"{cell:>24}" for cell in cells))
     print("transfer: seconds " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
