@@ -22,6 +22,7 @@ Metrics (points = percentage points; means over the fine-tuning seeds; every pee
 this run):
     videomae_minus_scratch_top1, predictive_minus_scratch_top1   val top-1 difference, points
     jf_gain, predictive_jf_gain       VideoMAE / predictive J&F minus untrained-encoder J&F, points
+    jf_copy_first_mask                J&F of repeating frame 0's mask: the bar features must clear
     miou_gain, predictive_miou_gain   VideoMAE / predictive mIoU minus scratch mIoU, points
 A table with every score (the mean, then each seed's), the seeds and the budgets is printed
 before the JSON line.
@@ -38,7 +39,9 @@ import torch
 
 from benchmarks.common import synthetic_shards
 from pipeline.config import FinetuneConfig, PretrainConfig, from_dict
+from pipeline.tasks import davis as davis_io
 from pipeline.tasks.evaluate import evaluate
+from pipeline.tasks.metrics import davis_sequence_scores, davis_summary
 from pipeline.tasks.finetune import finetune
 from pipeline.train.pretrain_cli import build_objective, build_train_loader
 from pipeline.train.trainer import train
@@ -128,6 +131,16 @@ def score(cfg: FinetuneConfig) -> dict[str, float]:
     return evaluate(cfg, result.output_dir)["metrics"]
 
 
+def copy_first_mask_jf(davis: Path) -> float:
+    """J&F of the no-feature baseline that repeats frame 0's mask through the video (context for the
+    propagation row: features must beat it to be worth anything)."""
+    scores = []
+    for name in davis_io.sequence_names(davis, "bench"):
+        sequence = davis_io.read_sequence(davis, name)
+        scores.append(davis_sequence_scores(sequence.masks[:1].repeat(len(sequence.masks), 0), sequence.masks))
+    return davis_summary(scores)["J&F"]
+
+
 def run(quick: bool) -> dict:
     budget = BUDGETS["quick" if quick else "full"]
     threads = torch.get_num_threads()
@@ -152,9 +165,11 @@ def run(quick: bool) -> dict:
                 scores[kind] = {init: [score(task_config(root, shards, davis, kind, init, encoders, steps, budget, seed))
                                        for seed in seeds] for init in INITS}
                 seconds[kind] = time.perf_counter() - start
+            copy_jf = 100 * copy_first_mask_jf(davis)
     finally:
         torch.set_num_threads(threads)
     print_table(budget, scores, seconds)
+    print(f"transfer: reference J&F of frame 0's mask repeated (no features): {copy_jf:.1f}")
     mean = {kind: {init: {name: 100 * sum(run[name] for run in runs) / len(runs) for name in runs[0]}
                    for init, runs in by_init.items()} for kind, by_init in scores.items()}
     top1, miou, jf = ({init: mean[kind][init][name] for init in INITS}
@@ -166,6 +181,7 @@ def run(quick: bool) -> dict:
                "predictive_jf_gain": round(jf["predictive"] - jf["scratch"], 1),
                "predictive_miou_gain": round(miou["predictive"] - miou["scratch"], 1),
                **{f"top1_{init}": round(top1[init], 1) for init in INITS},
+               "jf_copy_first_mask": round(copy_jf, 1),
                "seeds": len(budget.seeds),
                "minutes": round(sum(seconds.values()) / 60, 1)}
     goals = {"videomae_minus_scratch_top1": ">= 10", "predictive_minus_scratch_top1": ">= 10",

@@ -171,6 +171,13 @@ def test_motion_encoders_refuse_single_frames():
         sequence_features(encoder, torch.randn(1, 3, 32, 32))
 
 
+def test_propagation_runs_a_motion_encoder_on_windows_of_the_video():
+    frames, masks = moving_square(frames=5, cells=8, side=2)
+    encoder = motion_vit()
+    predicted = propagation.segment_sequence(encoder, frames, masks[0], PropagationConfig(context=2))
+    assert predicted.shape == masks.shape and (predicted[0] == masks[0]).all()
+
+
 def test_sequence_features_of_an_appearance_encoder_are_its_frame_features():
     torch.manual_seed(0)
     encoder = create_model("vit_tiny_joint", num_frames=4, img_size=32, patch_size=(2, 8, 8), depth=2).eval()
