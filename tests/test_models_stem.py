@@ -55,14 +55,17 @@ def test_conv_stem_mixes_neighbouring_tubelets_when_unmasked():
     assert not torch.allclose(a[0, 1], b[0, 1])  # token (0, 0, 1), a neighbour
 
 
-@pytest.mark.parametrize("attention, stem, input_transform, masking", [
-    ("joint", "conv", "none", "tube"), ("joint", "conv", "frame_diff", "tube"),
-    ("divided", "conv", "frame_diff", "tube"), ("joint", "conv", "none", "random"),
-    ("joint", "conv", "frame_diff", "random"), ("joint", "tubelet", "frame_diff", "random")])
-def test_masked_encoding_never_sees_hidden_pixels(attention, stem, input_transform, masking):
-    """Visible-only encoding: rewriting every hidden tubelet's pixels leaves every output token
-    unchanged, also where a frame difference or a 3x3x3 conv reaches across a tubelet border."""
-    model = tiny(attention, stem=stem, input_transform=input_transform)
+@pytest.mark.parametrize("attention, stem, input_transform, masking, mask_mode", [
+    ("joint", "conv", "none", "tube", "visible_only"), ("joint", "conv", "frame_diff", "tube", "visible_only"),
+    ("divided", "conv", "frame_diff", "tube", "visible_only"), ("joint", "conv", "none", "random", "visible_only"),
+    ("joint", "conv", "frame_diff", "random", "visible_only"), ("joint", "tubelet", "frame_diff", "random", "visible_only"),
+    ("joint", "conv", "frame_diff", "tube", "mask_token"), ("divided", "conv", "frame_diff", "random", "mask_token"),
+    ("joint", "tubelet", "none", "random", "mask_token")])
+def test_masked_encoding_never_sees_hidden_pixels(attention, stem, input_transform, masking, mask_mode):
+    """Masked encoding: rewriting every hidden tubelet's pixels leaves every output token
+    unchanged, also where a frame difference or a 3x3x3 conv reaches across a tubelet border.
+    Visible-only encoding returns the visible tokens; mask_token encoding returns all of them."""
+    model = tiny(attention, stem=stem, input_transform=input_transform, mask_mode=mask_mode)
     grid = model.token_grid(4, 32, 32)
     generator = torch.Generator().manual_seed(1)
     mask = (random_tube_mask(2, grid, 0.75, generator) if masking == "tube"
@@ -75,7 +78,19 @@ def test_masked_encoding_never_sees_hidden_pixels(attention, stem, input_transfo
     with torch.no_grad():
         a, b = model(video, mask=mask), model(edited, mask=mask)
     torch.testing.assert_close(a.tokens, b.tokens, rtol=0, atol=1e-6)
-    assert a.tokens.shape == (2, 8, 32)
+    assert a.tokens.shape == ((2, 8, 32) if mask_mode == "visible_only" else (2, 32, 32))
+    assert torch.equal(a.mask, mask)
+
+
+def test_mask_token_encoding_is_the_plain_model_when_unmasked_and_learns_its_token():
+    plain, tokened = tiny(stem="conv"), tiny(stem="conv", mask_mode="mask_token")
+    assert tokened.load_state_dict(plain.state_dict(), strict=False).missing_keys == ["mask_token"]
+    video = clip()
+    with torch.no_grad():
+        torch.testing.assert_close(tokened(video).tokens, plain(video).tokens)
+    mask = random_tube_mask(2, tokened.token_grid(4, 32, 32), 0.5)
+    tokened(video, mask=mask).tokens.square().mean().backward()
+    assert tokened.mask_token.grad.abs().sum() > 0
 
 
 def test_frame_diff_input_ignores_what_does_not_move():
@@ -95,9 +110,9 @@ def test_frame_differences_by_hand_and_too_short_clips():
         frame_differences(video[:, :, :1])
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_conv_stem_flops_match_flop_counter_mode(masked):
-    model = tiny(stem="conv", input_transform="frame_diff")
+@pytest.mark.parametrize("masked, mask_mode", [(False, "visible_only"), (True, "visible_only"), (True, "mask_token")])
+def test_conv_stem_flops_match_flop_counter_mode(masked, mask_mode):
+    model = tiny(stem="conv", input_transform="frame_diff", mask_mode=mask_mode)
     mask = random_tube_mask(1, model.token_grid(4, 32, 32), 0.75) if masked else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(clip(batch=1), mask=mask)
@@ -114,7 +129,8 @@ def test_stem_options_survive_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, needle", [(dict(stem="patchify"), "stem: must be one of"),
-                                            (dict(input_transform="flow"), "input_transform: must be one of")])
+                                            (dict(input_transform="flow"), "input_transform: must be one of"),
+                                            (dict(mask_mode="drop"), "mask_mode: must be one of")])
 def test_bad_input_options_raise_one_line_errors(kwargs, needle):
     with pytest.raises(ValueError, match=needle) as e:
         tiny(**kwargs)

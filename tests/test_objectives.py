@@ -90,6 +90,19 @@ def test_videomae_on_mask_token_backbones(name):
     assert torch.isfinite(loss) and encoder.patch_embed.weight.grad.abs().sum() > 0
 
 
+def test_videomae_with_a_mask_token_vit_scores_hidden_tubelets_only():
+    """mask_mode=mask_token: the loss is the mean error over hidden tokens; visible ones count for nothing."""
+    torch.manual_seed(0)
+    encoder = create_model("vit_tiny_joint", **TINY, stem="conv", mask_mode="mask_token")
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC))
+    video, mask = torch.randn(2, 3, 8, 32, 32), _mask(encoder)
+    loss, _, full = obj.reconstruct(video, mask)
+    per_token = ((full - obj.targets(video)) ** 2).mean(-1)
+    torch.testing.assert_close(loss, per_token[mask].mean())
+    loss.backward()
+    assert encoder.mask_token.grad.abs().sum() > 0
+
+
 def test_causal_mask_and_no_peeking_at_the_future():
     allowed = causal_time_mask(torch.tensor([0, 0, 1, 2])) == 0
     assert allowed.tolist() == [[True, True, False, False], [True, True, False, False],

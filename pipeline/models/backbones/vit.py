@@ -12,8 +12,11 @@ tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16, huge 1280/32/16
 - Tubelet embedding (default 2x16x16) over the (t, h, w) token grid, or with stem="conv" a small
   3x3x3 conv stem onto the same grid (layers.ConvStem; masked encoding keeps it off hidden pixels).
   input_transform="frame_diff" feeds the stem x_t - x_(t-1) instead of the frames: the encoder sees
-  only what moves (objectives still read the frames for their targets). Position embedding "sincos"
-  (VideoMAE's fixed table over the flattened grid) or "learned"; both are defined on the grid of
+  only what moves (objectives still read the frames for their targets).
+- Masking: mask_mode "visible_only" (default) encodes the visible tokens only; "mask_token" encodes
+  every token, a hidden one as a learned mask token (SimMIM-style: the encoder sees as many tokens
+  in pretraining as in fine-tuning; hidden pixels are still kept out of the stem).
+- Position embedding "sincos" (VideoMAE's fixed table over the flattened grid) or "learned"; both are defined on the grid of
   (num_frames, img_size) and resampled (bicubic in space, linear in time) for any other input.
 - Prefix tokens: an optional cls token (joint, divided: the TimeSformer / ViViT layout; it is the
   pooled output) and, for sparse, `num_global_tokens` global tokens. A position of a prefix token
@@ -69,7 +72,7 @@ class VideoViT(VideoBackbone):
                  final_norm: str = "tokens", norm_eps: float = 1e-6, act: str = "gelu",
                  drop_path_rate: float = 0.0, temporal_depth: int | None = None,
                  window: tuple[int, int, int] | None = None, num_global_tokens: int | None = None,
-                 stem: str = "tubelet", input_transform: str = "none"):
+                 stem: str = "tubelet", input_transform: str = "none", mask_mode: str = "visible_only"):
         super().__init__()
         patch_size = tuple(patch_size)
         self.config = dict(name=name, attention=attention, embed_dim=embed_dim, depth=depth,
@@ -79,10 +82,11 @@ class VideoViT(VideoBackbone):
                            final_norm=final_norm, norm_eps=norm_eps, act=act,
                            drop_path_rate=drop_path_rate, temporal_depth=temporal_depth,
                            window=list(window) if window else None, num_global_tokens=num_global_tokens,
-                           stem=stem, input_transform=input_transform)
+                           stem=stem, input_transform=input_transform, mask_mode=mask_mode)
         _check_arguments(self.config)
         self.attention = attention
-        self.requires_tube_mask = attention in TUBE_ONLY
+        self.mask_mode = mask_mode
+        self.requires_tube_mask = attention in TUBE_ONLY and mask_mode == "visible_only"
         self.embed_dim, self.num_frames, self.img_size = embed_dim, num_frames, img_size
         self.patch_size, self.in_chans, self.final_norm = patch_size, in_chans, final_norm
         self.input_transform = input_transform
@@ -97,6 +101,7 @@ class VideoViT(VideoBackbone):
         else:
             self.register_buffer("pos_embed", sincos_table(num_tokens, embed_dim)[None], persistent=False)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if mask_mode == "mask_token" else None
         globals_ = self.config["num_global_tokens"] if attention == "sparse" else 0
         self.global_tokens = nn.Parameter(torch.zeros(1, globals_, embed_dim)) if globals_ else None
         self.num_prefix = int(cls_token) + globals_
@@ -118,7 +123,7 @@ class VideoViT(VideoBackbone):
         if stem == "conv":  # PyTorch's fan-in init: trunc-normal(0.02) would shrink the signal stage by stage
             for conv in self.patch_embed.convs:
                 conv.reset_parameters()
-        for p in (self.pos_embed, self.cls_token, self.global_tokens):
+        for p in (self.pos_embed, self.cls_token, self.global_tokens, self.mask_token):
             if isinstance(p, nn.Parameter):
                 trunc_normal_(p, std=0.02)
 
@@ -174,7 +179,11 @@ class VideoViT(VideoBackbone):
         if self.input_transform == "frame_diff":  # hidden pixels zeroed first: none reaches a visible difference
             shown = video if keep is None else video * expand_keep(keep, video.shape[2:], video.dtype)
             pixels = frame_differences(shown)
-        x = self.patch_embed(pixels, keep) + self.position_embedding(grid).to(video.dtype)
+        x = self.patch_embed(pixels, keep)
+        if self.mask_token is not None and layout.kept is not None:  # every token encoded, hidden ones as the token
+            x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+            layout = TokenLayout(grid, self.num_prefix)
+        x = x + self.position_embedding(grid).to(video.dtype)
         if layout.kept is not None:
             x = x.gather(1, layout.kept[..., None].expand(-1, -1, x.shape[-1]))
         prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.global_tokens) if t is not None]
@@ -187,7 +196,7 @@ class VideoViT(VideoBackbone):
         pooled = x[:, 0] if self.cls_token is not None else tokens.mean(1)
         if self.final_norm == "pooled":
             pooled = self.norm(pooled)
-        return BackboneOutput(tokens=tokens, grid=grid, pooled=pooled, mask=mask if layout.kept is not None else None,
+        return BackboneOutput(tokens=tokens, grid=grid, pooled=pooled, mask=None if keep is None else mask,
                               layers=[layers[i] for i in wanted])
 
     def _layer_indices(self, return_layers: tuple[int, ...]) -> list[int]:
@@ -223,9 +232,9 @@ class VideoViT(VideoBackbone):
     # -- cost ---------------------------------------------------------------------------------
 
     def flops(self, num_frames: int, height: int, width: int, mask: Tensor | None = None) -> int:
-        """Forward FLOPs for one clip; `mask` (1, N) counts visible-only encoding."""
+        """Forward FLOPs for one clip; `mask` (1, N) counts visible-only encoding (mask_token: every token)."""
         grid = self.token_grid(num_frames, height, width)
-        layout = self.layout(mask, grid, 1)
+        layout = self.layout(None if self.mask_token is not None else mask, grid, 1)
         total = self.patch_embed.flops(grid) + sum(blk.flops(layout) for blk in self.blocks)
         if self.attention == "factorised":
             frame_layout = TokenLayout((grid[0], 1, 1))
@@ -239,7 +248,8 @@ def _check_arguments(cfg: dict) -> None:
     if attention not in ATTENTIONS:
         raise ValueError(f"attention: must be one of {list(ATTENTIONS)}, got {attention!r}")
     choices = {"pos_embed": ("sincos", "learned"), "final_norm": ("tokens", "pooled", "none"),
-               "stem": ("tubelet", "conv"), "input_transform": ("none", "frame_diff")}
+               "stem": ("tubelet", "conv"), "input_transform": ("none", "frame_diff"),
+               "mask_mode": ("visible_only", "mask_token")}
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             raise ValueError(f"{key}: must be one of {list(allowed)}, got {cfg[key]!r}")
