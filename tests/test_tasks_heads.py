@@ -137,3 +137,12 @@ def test_tracking_head_refuses_a_motion_input_encoder():
                        input_transform="frame_diff")
     with pytest.raises(ValueError, match="compares single frames, which a motion-input encoder"):
         TaskModel(enc, TrackingHead(enc.num_features, width=32), freeze_encoder=True)
+
+
+def test_task_model_freezes_the_pretraining_mask_token():
+    enc = create_model("vit_tiny_joint", num_frames=4, img_size=32, patch_size=(2, 8, 8), depth=1,
+                       mask_mode="mask_token")
+    model = TaskModel(enc, LinearHead(enc.num_features, 3), freeze_encoder=False)
+    model(torch.randn(2, 3, 4, 32, 32)).sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == [] and not enc.mask_token.requires_grad

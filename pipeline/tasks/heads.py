@@ -145,6 +145,9 @@ class TaskModel(nn.Module):
         if freeze_encoder:
             encoder.requires_grad_(False)
             encoder.eval()
+        mask_token = getattr(encoder, "mask_token", None)
+        if isinstance(mask_token, nn.Parameter):  # pretraining's: tasks never mask, and DDP refuses unused params
+            mask_token.requires_grad_(False)
 
     def train(self, mode: bool = True) -> TaskModel:
         super().train(mode)
