@@ -17,7 +17,8 @@ tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16, huge 1280/32/16
   every token, a hidden one as a learned mask token (SimMIM-style: the encoder sees as many tokens
   in pretraining as in fine-tuning; hidden pixels are still kept out of the stem).
 - Position embedding "sincos" (VideoMAE's fixed table over the flattened grid) or "learned"; both
-  are defined on the grid of (num_frames, img_size) and resampled (bicubic in space, linear in time) for any other input.
+  are defined on the grid of (num_frames, img_size) and resampled (bicubic in space, linear in
+  time) for any other input.
 - Prefix tokens: an optional cls token (joint, divided: the TimeSformer / ViViT layout; it is the
   pooled output) and, for sparse, `num_global_tokens` global tokens. A position of a prefix token
   is folded into the token itself (a constant sum).
