@@ -68,14 +68,15 @@ def test_groups_scale_lr_by_depth_and_skip_decay_where_it_belongs(name):
     model = task_model(name)
     groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5)
     _, num_blocks = encoder_layer_ids(model.encoder)
-    named = dict(model.named_parameters())
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     listed = [n for g in groups for n in g["param_names"]]
-    assert sorted(listed) == sorted(named)  # every parameter exactly once
+    assert sorted(listed) == sorted(named)  # every trainable parameter exactly once
+    assert "encoder.mask_token" not in named  # pretraining's, frozen by TaskModel
     by_name = {n: g for g in groups for n in g["param_names"]}
     assert by_name["head.fc.weight"]["lr_scale"] == 1.0 and by_name["head.fc.weight"]["weight_decay"] == 0.05
     assert by_name["encoder.norm.weight"]["lr_scale"] == 1.0
     assert by_name["encoder.patch_embed.weight"]["lr_scale"] == 0.5 ** (num_blocks + 1)
-    for n in ("encoder.mask_token", "encoder.patch_embed.bias", "encoder.norm.weight", "head.fc.bias"):
+    for n in ("encoder.patch_embed.bias", "encoder.norm.weight", "head.fc.bias"):
         assert by_name[n]["weight_decay"] == 0.0, n
     table = next(n for n in named if "rel_pos" in n or "relative_position" in n)
     assert by_name[table]["weight_decay"] == 0.0
