@@ -175,10 +175,10 @@ def run(quick: bool) -> dict:
             copy_jf = 100 * copy_first_mask_jf(davis)
     finally:
         torch.set_num_threads(threads)
-    print_table(budget, scores, seconds)
-    print(f"transfer: reference J&F of frame 0's mask repeated (no features): {copy_jf:.1f}")
     mean = {kind: {init: {name: 100 * sum(run[name] for run in runs) / len(runs) for name in runs[0]}
                    for init, runs in by_init.items()} for kind, by_init in scores.items()}
+    print_table(budget, scores, mean, seconds)
+    print(f"transfer: reference J&F of frame 0's mask repeated (no features): {copy_jf:.1f}")
     top1, miou, jf = ({init: mean[kind][init][name] for init in INITS}
                       for kind, name in (("classification", "top1"), ("segmentation", "mIoU"), ("propagation", "J&F")))
     metrics = {"videomae_minus_scratch_top1": round(top1["videomae"] - top1["scratch"], 1),
@@ -197,8 +197,8 @@ def run(quick: bool) -> dict:
     return {"metrics": metrics, "goals": goals}
 
 
-def print_table(budget: Budget, scores: dict, seconds: dict) -> None:
-    """Per init: the mean over seeds, then each seed's score in brackets."""
+def print_table(budget: Budget, scores: dict, mean: dict, seconds: dict) -> None:
+    """Per init: the mean over seeds (`mean`, in %), then each seed's score in brackets."""
     rows = [("classification top-1 %", "classification", "top1"), ("classification top-5 %", "classification", "top5"),
             ("segmentation mIoU %", "segmentation", "mIoU"), ("propagation J&F %", "propagation", "J&F")]
     print(f"transfer: data/pretraining seed {SEED}, budgets {asdict(budget)}")
@@ -206,8 +206,8 @@ def print_table(budget: Budget, scores: dict, seconds: dict) -> None:
     for title, kind, name in rows:
         cells = []
         for init in INITS:
-            values = [100 * run[name] for run in scores[kind][init]]
-            each = f" ({', '.join(f'{v:.1f}' for v in values)})" if len(values) > 1 else ""
-            cells.append(f"{sum(values) / len(values):.1f}{each}")
+            runs = scores[kind][init]
+            each = f" ({', '.join(f'{100 * run[name]:.1f}' for run in runs)})" if len(runs) > 1 else ""
+            cells.append(f"{mean[kind][init][name]:.1f}{each}")
         print(f"transfer: {title:<24}" + "".join(f"{cell:>24}" for cell in cells))
     print("transfer: seconds " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
