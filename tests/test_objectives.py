@@ -103,6 +103,51 @@ def test_videomae_with_a_mask_token_vit_scores_hidden_tubelets_only():
     assert encoder.mask_token.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("mask_mode", ["visible_only", "mask_token"])
+def test_videomae_latent_target_regresses_the_ema_tokens_of_hidden_positions(mask_mode):
+    """latent_target: loss = pixel MSE + latent_weight x MSE between the decoder's latent head and
+    the EMA encoder's layer-normed tokens of the unmasked clip, over hidden positions only."""
+    torch.manual_seed(0)
+    encoder = create_model("vit_tiny_joint", **TINY, stem="conv", mask_mode=mask_mode)
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC, latent_target=True, latent_weight=0.5, ema_momentum=0.5))
+    video, mask = torch.randn(2, 3, 8, 32, 32), _mask(encoder)
+    loss, logs, _ = obj.reconstruct(video, mask)
+    torch.testing.assert_close(float(loss.detach()), logs["pixel_mse"] + 0.5 * logs["latent_mse"], rtol=1e-5, atol=1e-6)
+    grid = encoder.token_grid(8, 32, 32)
+    with torch.no_grad():
+        tokens = obj.target_encoder(video).tokens
+        wanted = torch.nn.functional.layer_norm(tokens, (tokens.shape[-1],))  # (B, N, D), all positions
+        out = encoder(video, mask)
+        if mask_mode == "mask_token":
+            err2 = ((obj.latent_head(obj._decode_mask_token(out.tokens, grid)) - wanted) ** 2).mean(-1)[mask]
+        else:
+            dec, ids = obj._decode_visible_only(out.tokens, mask, grid)
+            assert mask.gather(1, ids).all()  # the regressed positions are the hidden ones
+            err2 = ((obj.latent_head(dec) - wanted.gather(1, ids[..., None].expand(-1, -1, wanted.shape[-1]))) ** 2)
+    torch.testing.assert_close(logs["latent_mse"], float(err2.mean()), rtol=1e-4, atol=1e-6)
+    # training steps move the EMA encoder towards the online one; it never gets a gradient
+    opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=3e-3)
+    before = [t.clone() for t in obj.target_encoder.parameters()]
+    for _ in range(3):
+        loss, _ = obj({"video": video, "mask": mask})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(t.grad is None for t in obj.target_encoder.parameters())
+    moved = sum((t - b).abs().sum() for t, b in zip(obj.target_encoder.parameters(), before))
+    gap = sum((t - s).abs().sum() for t, s in zip(obj.target_encoder.parameters(), encoder.parameters()))
+    assert moved > 0 and 0 < gap < sum(s.abs().sum() for s in encoder.parameters())
+    obj.eval()
+    frozen = [t.clone() for t in obj.target_encoder.parameters()]
+    obj({"video": video, "mask": mask})  # evaluation does not update the EMA encoder
+    assert all(torch.equal(t, f) for t, f in zip(obj.target_encoder.parameters(), frozen))
+
+
+def test_videomae_latent_target_refuses_a_coarser_final_grid():
+    with pytest.raises(ValueError, match="objective.latent_target"):
+        VideoMAE(create_model("mvit_tiny", num_frames=8, img_size=64), ObjectiveConfig(**DEC, latent_target=True))
+
+
 def test_causal_mask_and_no_peeking_at_the_future():
     allowed = causal_time_mask(torch.tensor([0, 0, 1, 2])) == 0
     assert allowed.tolist() == [[True, True, False, False], [True, True, False, False],

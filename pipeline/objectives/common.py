@@ -1,10 +1,13 @@
-"""Pieces both objectives use: patchify, per-patch targets, a light transformer, pictures.
+"""Pieces both objectives use: patchify, per-patch targets, a light transformer, an EMA target
+encoder, pictures.
 
 Patches are tubelets (pt, ph, pw) flattened as (pt, ph, pw, C), listed in token-grid order
 (t, h, w) - the same order as the backbone's tokens and masks (pipeline/models/base.py).
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -129,3 +132,23 @@ def gaussian_nll(err2: Tensor, log_precision: Tensor) -> Tensor:
     """Precision-weighted prediction error: 0.5*exp(s)*err^2 - 0.5*s, elementwise."""
     return 0.5 * torch.exp(log_precision) * err2 - 0.5 * log_precision
 
+
+
+def ema_copy(encoder: nn.Module) -> nn.Module:
+    """A frozen copy of the encoder, to be moved towards it by ema_update (objective.latent_target)."""
+    return copy.deepcopy(encoder).requires_grad_(False)
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter."""
+    for t, s in zip(target.parameters(), online.parameters()):
+        t.lerp_(s.detach(), 1 - momentum)
+
+
+@torch.no_grad()
+def latent_targets(target: nn.Module, video: Tensor) -> Tensor:
+    """(B, N, D) float32: the target encoder's final tokens of the whole clip, each layer-normed
+    (no affine), as data2vec and V-JEPA regress them."""
+    tokens = target(video).tokens.float()
+    return nn.functional.layer_norm(tokens, (tokens.shape[-1],))

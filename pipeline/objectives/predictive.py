@@ -15,8 +15,6 @@ future is predictable. precision*|error| per token is the surprise map (logged a
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -24,9 +22,9 @@ from torch import Tensor, nn
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone
 from pipeline.models.layers import frame_differences
-from pipeline.objectives.common import (display_stats, gaussian_nll, heat_rgb, init_weights, normalize_patches,
-                                        patchify, picture_rows, sincos_pos_embed, to_uint8_frames, transformer,
-                                        unpatchify, upsample_tokens)
+from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, heat_rgb, init_weights,
+                                        latent_targets, normalize_patches, patchify, picture_rows, sincos_pos_embed,
+                                        to_uint8_frames, transformer, unpatchify, upsample_tokens)
 from pipeline.objectives.videomae import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -52,7 +50,7 @@ class NextFramePredictive(nn.Module):
         self.pixel_precision = nn.Linear(d, 1)
         modules = [self.proj, self.predictor, self.norm, self.pixel_head, self.pixel_precision]
         if cfg.latent_target:
-            self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+            self.target_encoder = ema_copy(encoder)
             self.latent_head = nn.Linear(d, width)
             self.latent_precision = nn.Linear(d, 1)
             modules += [self.latent_head, self.latent_precision]
@@ -77,9 +75,7 @@ class NextFramePredictive(nn.Module):
         """EMA update of the target encoder; runs once per training forward (it lags one step)."""
         if not self.cfg.latent_target:
             return
-        m = self.cfg.ema_momentum
-        for t, s in zip(self.target_encoder.parameters(), self.encoder.parameters()):
-            t.lerp_(s.detach(), 1 - m)
+        ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
 
     def _log_precision(self, head: nn.Linear, x: Tensor) -> Tensor:
         return head(x).squeeze(-1).clamp(self.cfg.log_precision_min, self.cfg.log_precision_max)
@@ -112,9 +108,7 @@ class NextFramePredictive(nn.Module):
         result = {"pred": pred, "err2": err2, "log_precision": self._log_precision(self.pixel_precision, out),
                   "grid": torch.tensor(future_grid)}
         if self.cfg.latent_target:
-            with torch.no_grad():
-                full = self.target_encoder(video)
-                latent = nn.functional.layer_norm(full.tokens[:, n_ctx:].float(), (full.tokens.shape[-1],))
+            latent = latent_targets(self.target_encoder, video)[:, n_ctx:]
             result["latent_err2"] = ((self.latent_head(out).float() - latent) ** 2).mean(-1)
             result["latent_log_precision"] = self._log_precision(self.latent_precision, out)
         return result

@@ -10,6 +10,11 @@ reconstruct are frame differences x_t - x_(t-1) instead of pixels (the first fra
 second's difference), as MotionMAE and MME reconstruct motion: with appearance taken out of the
 target, what the encoder must capture is how things move.
 
+With objective.latent_target the decoder also regresses, at every reconstructed position, the
+layer-normed final token of an EMA copy of the encoder that saw the unmasked clip (as data2vec
+and V-JEPA do); the loss adds latent_weight x that MSE. Pixels alone teach a small encoder little
+on a short budget; the latent target gives it a target that is itself a representation.
+
 Backbones with mask_mode "visible_only" (ViT family) encode only the visible tokens; decoder
 masking (objective.decoder_mask_ratio > 0, VideoMAE v2) then reconstructs only part of the hidden
 tokens, those outside a running-cell pattern first, so the decoder's cost falls with the ratio.
@@ -26,8 +31,9 @@ from torch import Tensor, nn
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone, is_tube_mask
 from pipeline.models.layers import frame_differences
-from pipeline.objectives.common import (display_stats, init_weights, normalize_patches, patchify, picture_rows,
-                                        sincos_pos_embed, to_uint8_frames, transformer, unpatchify)
+from pipeline.objectives.common import (display_stats, ema_copy, ema_update, init_weights, latent_targets,
+                                        normalize_patches, patchify, picture_rows, sincos_pos_embed,
+                                        to_uint8_frames, transformer, unpatchify)
 from pipeline.data.masking import running_cell_mask
 from pipeline.objectives.guided_masking import guided_tube_mask
 
@@ -48,7 +54,16 @@ class VideoMAE(nn.Module):
         self.norm = nn.LayerNorm(d)
         stride = encoder.output_stride
         self.head = nn.Linear(d, stride[0] * stride[1] * stride[2] * channels)
-        init_weights(nn.ModuleList([self.proj, self.decoder, self.norm, self.head]))
+        modules = [self.proj, self.decoder, self.norm, self.head]
+        if cfg.latent_target:
+            if tuple(encoder.output_stride) != tuple(encoder.patch_size):
+                raise ValueError(f"objective.latent_target: needs a backbone whose final grid is its embedding grid "
+                                 f"(output_stride {tuple(encoder.output_stride)} != patch_size "
+                                 f"{tuple(encoder.patch_size)})")
+            self.target_encoder = ema_copy(encoder)
+            self.latent_head = nn.Linear(d, encoder.num_features)
+            modules.append(self.latent_head)
+        init_weights(nn.ModuleList(modules))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -63,7 +78,7 @@ class VideoMAE(nn.Module):
         return normalize_patches(target, self.channels)[0] if self.cfg.norm_pix_loss else target
 
     def _decode_visible_only(self, tokens: Tensor, mask: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
-        """Predictions (B, K, P) for the K reconstructed positions, and their grid indices (B, K)."""
+        """Decoder outputs (B, K, d) for the K reconstructed positions, and their grid indices (B, K)."""
         b, n = mask.shape
         x = self.proj(tokens)
         n_vis = x.shape[1]
@@ -81,14 +96,17 @@ class VideoMAE(nn.Module):
         gather = lambda ids: pos.gather(1, ids[..., None].expand(-1, -1, pos.shape[-1]))  # noqa: E731
         queries = self.mask_token.expand(b, hidden_ids.shape[1], -1) + gather(hidden_ids)
         seq = torch.cat([x + gather(vis_ids), queries], dim=1)
-        out = self.decoder(seq)[:, n_vis:]
-        return self.head(self.norm(out)), hidden_ids
+        return self.norm(self.decoder(seq)[:, n_vis:]), hidden_ids
 
-    def _decode_mask_token(self, tokens: Tensor, grid: tuple[int, int, int], video: Tensor) -> Tensor:
-        """Predictions (B, N, P) on the embedding grid, from the coarser final grid."""
+    def _decode_mask_token(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """Decoder outputs (B, n, d) on the (possibly coarser) final grid."""
         x = self.proj(tokens) + sincos_pos_embed(grid, self.cfg.decoder_dim).to(tokens)
-        region = self.head(self.norm(self.decoder(x)))
-        full = unpatchify(region, self.encoder.output_stride, grid, self.channels)
+        return self.norm(self.decoder(x))
+
+    def _pixels_on_embedding_grid(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """Predictions (B, N, P) on the embedding grid from decoder outputs on the final grid: each
+        final token predicts every pixel of its output_stride region."""
+        full = unpatchify(self.head(out), self.encoder.output_stride, grid, self.channels)
         return patchify(full, self.encoder.patch_size)
 
     def forward(self, batch: dict) -> tuple[Tensor, dict]:
@@ -100,23 +118,40 @@ class VideoMAE(nn.Module):
             num_visible = int((~mask[0]).sum()) // grid[0]
             mask = guided_tube_mask(video, self.encoder.patch_size, num_visible, self.cfg.guide_strength)
         loss, logs, _ = self.reconstruct(video, mask)
+        if self.training and self.cfg.latent_target:
+            ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)  # lags one step
         return loss, logs
 
     def reconstruct(self, video: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor]:
-        """Loss, logs and the full prediction on the grid (B, N, P) (zeros where not predicted)."""
+        """Loss, logs and the full prediction on the grid (B, N, P) (zeros where not predicted).
+
+        With objective.latent_target the decoder also regresses, at the same hidden positions, the
+        EMA target encoder's layer-normed tokens of the unmasked clip (data2vec-style); the loss adds
+        latent_weight x their MSE."""
         grid = self.encoder.token_grid(*video.shape[2:])
         out = self.encoder(video, mask)
         target = self.targets(video)
+        latent = latent_targets(self.target_encoder, video) if self.cfg.latent_target else None
         if self.encoder.mask_mode == "visible_only":
-            pred, ids = self._decode_visible_only(out.tokens, mask, grid)
-            tgt = target.gather(1, ids[..., None].expand(-1, -1, target.shape[-1]))
-            loss = ((pred.float() - tgt.float()) ** 2).mean()
+            dec, ids = self._decode_visible_only(out.tokens, mask, grid)
+            pred = self.head(dec)
+            take = lambda x: x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+            loss = ((pred.float() - take(target).float()) ** 2).mean()
             full = torch.zeros_like(target).scatter(1, ids[..., None].expand_as(pred), pred.to(target.dtype))
+            latent_mse = None if latent is None else ((self.latent_head(dec).float() - take(latent)) ** 2).mean()
         else:
-            full = self._decode_mask_token(out.tokens, out.grid, video)
+            dec = self._decode_mask_token(out.tokens, out.grid)
+            full = self._pixels_on_embedding_grid(dec, out.grid)
+            hidden = mask.float()
             per_token = ((full.float() - target.float()) ** 2).mean(-1)
-            loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
-        return loss, {"mask_ratio": float(mask.float().mean())}, full
+            loss = (per_token * hidden).sum() / hidden.sum().clamp(min=1)
+            latent_mse = None if latent is None else (
+                (((self.latent_head(dec).float() - latent) ** 2).mean(-1) * hidden).sum() / hidden.sum().clamp(min=1))
+        logs = {"mask_ratio": float(mask.float().mean())}
+        if latent_mse is not None:
+            logs.update(pixel_mse=float(loss.detach()), latent_mse=float(latent_mse.detach()))
+            loss = loss + self.cfg.latent_weight * latent_mse
+        return loss, logs, full
 
     @torch.no_grad()
     def visualize(self, batch: dict) -> np.ndarray:
