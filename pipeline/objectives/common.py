@@ -133,7 +133,6 @@ def gaussian_nll(err2: Tensor, log_precision: Tensor) -> Tensor:
     return 0.5 * torch.exp(log_precision) * err2 - 0.5 * log_precision
 
 
-
 def ema_copy(encoder: nn.Module) -> nn.Module:
     """A frozen copy of the encoder, to be moved towards it by ema_update (objective.latent_target)."""
     return copy.deepcopy(encoder).requires_grad_(False)
