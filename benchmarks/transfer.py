@@ -8,7 +8,7 @@
    smallest ViT that learns these motion classes at all on a CPU budget) on every training video,
    labels unused: VideoMAE (tube mask 0.9, hidden tokens encoded as a mask token) and next-frame
    predictive (plus the latents of an EMA target encoder, objective.latent_target), both with
-   frame-difference targets, each with its own step budget.
+   frame-difference targets, each with its own steps and batch.
 3. With a class-balanced 10% of the training labels (task.label_fraction), fine-tune the same
    architecture from the VideoMAE encoder, the predictive encoder and from scratch, each with
    the same budget (steps, batch, lr) and the same fine-tuning seeds (head and scratch init,
