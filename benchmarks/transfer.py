@@ -79,6 +79,11 @@ class Budget:
     segment_seeds: tuple[int, ...] = (0,)
     label_fraction: float = 0.1
 
+    def pretraining(self, objective: str) -> tuple[int, int]:
+        """(steps, batch) of one objective's pretraining."""
+        return {"videomae": (self.videomae_steps, self.videomae_batch),
+                "predictive": (self.predictive_steps, self.predictive_batch)}[objective]
+
 
 BUDGETS = {
     "quick": Budget(per_class=24, videomae_steps=40, predictive_steps=30, videomae_batch=8, predictive_batch=16,
@@ -104,9 +109,9 @@ def data_section(shards: Path, batch: int, seed: int = SEED, **extra) -> dict:
             **extra}
 
 
-def pretrain(root: Path, shards: Path, objective: str, steps: int, budget: Budget) -> Path:
+def pretrain(root: Path, shards: Path, objective: str, budget: Budget) -> Path:
     out = root / f"pretrain-{objective}"
-    batch = {"videomae": budget.videomae_batch, "predictive": budget.predictive_batch}[objective]
+    steps, batch = budget.pretraining(objective)
     cfg = from_dict(PretrainConfig, {
         "data": data_section(shards, batch, mask_type="tube", mask_ratio=0.9),
         "model": {**MODEL, "overrides": {**MODEL["overrides"], **PRETRAIN_MODEL.get(objective, {})}},
@@ -166,9 +171,9 @@ def run(quick: bool) -> dict:
             shards, davis = make_dataset(root, budget)
             seconds["data"] = time.perf_counter() - start
             encoders = {}
-            for objective, steps in (("videomae", budget.videomae_steps), ("predictive", budget.predictive_steps)):
+            for objective in ("videomae", "predictive"):
                 start = time.perf_counter()
-                encoders[objective] = pretrain(root, shards, objective, steps, budget)
+                encoders[objective] = pretrain(root, shards, objective, budget)
                 seconds[f"pretrain_{objective}"] = time.perf_counter() - start
             for kind, steps, seeds in (("classification", budget.classify_steps, budget.seeds),
                                        ("segmentation", budget.segment_steps, budget.segment_seeds),
