@@ -15,9 +15,10 @@
    batch order, crops): classification (full fine-tuning, no layer decay) and segmentation (light
    decoder on the masks); evaluate on the whole val split, one clip per video. Classification
    runs every seed in `seeds`, segmentation those in `segment_seeds`.
-4. Label propagation (no training) on the synthetic DAVIS val folder with each encoder; the
-   frame-difference encoders get each frame's features from a window of the frames up to it
-   (pipeline/tasks/features.py: sequence_features).
+4. Label propagation (no training) on the synthetic DAVIS val folder with each encoder, frames
+   enlarged 3x and each token attending within 1 grid cell (the best of the settings measured,
+   README); the frame-difference encoders get each frame's features from a window of the frames
+   up to it (pipeline/tasks/features.py: sequence_features).
 
 Metrics (points = percentage points; means over the fine-tuning seeds; every peer is measured in
 this run):
@@ -128,8 +129,8 @@ def task_config(root: Path, shards: Path, davis: Path, kind: str, init: str, enc
                 steps: int, budget: Budget, seed: int = SEED) -> FinetuneConfig:
     task, lr = {"classification": ({"head": "linear", "label_smoothing": 0.1}, 1e-3),
                 "segmentation": ({"head": "decoder"}, 3e-3),
-                "propagation": ({"davis_root": str(davis), "davis_split": "bench", "propagation_scale": 2,
-                                 "propagation_radius": 3}, 1e-3)}[kind]  # propagation trains nothing
+                "propagation": ({"davis_root": str(davis), "davis_split": "bench", "propagation_scale": 3,
+                                 "propagation_radius": 1}, 1e-3)}[kind]  # propagation trains nothing
     return from_dict(FinetuneConfig, {
         "data": data_section(shards, budget.finetune_batch, seed, mask_type="none", eval_clips=1),
         "model": {**MODEL, "pretrained": str(encoders.get(init, ""))},
