@@ -365,6 +365,9 @@ class ShardConfig:
                 raise ConfigError(f"shard.{name}: set shard.transcode=true (--transcode) to change it")
 
 
+TARGETS = ("pixels", "frame_diff", "motion_energy")  # objective.target (objectives/common.py: target_video)
+
+
 @dataclass
 class ObjectiveConfig:
     """The self-supervised objective (pipeline/objectives)."""
@@ -375,7 +378,9 @@ class ObjectiveConfig:
     decoder_depth: int = 4
     decoder_heads: int = 3
     norm_pix_loss: bool = True
-    target: str = "pixels"  # pixels | frame_diff: reconstruct/predict x_t - x_(t-1) (motion), as MotionMAE/MME do
+    # pixels | frame_diff: reconstruct/predict x_t - x_(t-1) (motion), as MotionMAE/MME do |
+    # motion_energy: |x_t - x_(t-1)|, where and how much the clip changes, not the sign
+    target: str = "pixels"
     decoder_mask_ratio: float = 0.0  # >0: running-cell decoder masking (VideoMAE v2)
     guided_masking: str = "none"  # none | motion: keep high-motion tubes visible (objectives/guided_masking.py)
     guide_strength: float = 2.0
@@ -393,8 +398,8 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.name: must be videomae or predictive, got {self.name!r}")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ConfigError(f"objective.decoder_mask_ratio: must be in [0, 1), got {self.decoder_mask_ratio}")
-        if self.target not in ("pixels", "frame_diff"):
-            raise ConfigError(f"objective.target: must be pixels or frame_diff, got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ConfigError(f"objective.target: must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.guided_masking not in ("none", "motion"):
             raise ConfigError(f"objective.guided_masking: must be none or motion, got {self.guided_masking!r}")
         if self.predict_steps < 1:

@@ -8,7 +8,7 @@ import torch
 from pipeline.config import ObjectiveConfig
 from pipeline.data.masking import tube_mask
 from pipeline.models import create_model
-from pipeline.objectives.common import gaussian_nll, normalize_patches, patchify, unpatchify
+from pipeline.objectives.common import gaussian_nll, normalize_patches, patchify, target_video, unpatchify
 from pipeline.objectives.guided_masking import guided_tube_mask
 from pipeline.objectives.predictive import NextFramePredictive, causal_time_mask
 from pipeline.models.layers import frame_differences
@@ -66,6 +66,25 @@ def test_frame_difference_target_is_motion_only():
     assert picture.shape == (3 * 34 - 2, 8 * 34 - 2, 3) and (picture[34:66, :32] == 128).all()  # row 2, frame 1
     with pytest.raises(Exception, match="objective.target"):
         ObjectiveConfig(target="flow").validate()
+
+
+def test_motion_energy_target_is_the_magnitude_of_change_for_both_objectives():
+    video = -(torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 1, 4, 2, 2) ** 2)  # frames 0, -1, -4, -9
+    assert target_video(video, "motion_energy")[0, 0, :, 0, 0].tolist() == [1.0, 1.0, 3.0, 5.0]
+    assert target_video(video, "frame_diff")[0, 0, :, 0, 0].tolist() == [-1.0, -1.0, -3.0, -5.0]
+    encoder = create_model("vit_tiny_joint", **TINY)
+    cfg = ObjectiveConfig(**DEC, target="motion_energy", norm_pix_loss=False)
+    moving = torch.stack([torch.randn(2, 3, 32, 32).roll(2 * t, dims=-1) for t in range(8)], dim=2)
+    mae = VideoMAE(encoder, cfg)
+    # the sign of a change is not part of the target: a negated clip has the same one
+    torch.testing.assert_close(mae.targets(moving), mae.targets(-moving))
+    torch.testing.assert_close(mae.targets(moving), patchify(frame_differences(moving).abs(), (2, 8, 8)))
+    predictive = NextFramePredictive(encoder, cfg)
+    torch.testing.assert_close(predictive.future_target(moving), frame_differences(moving).abs()[:, :, 6:])
+    # pictures: no change is black in the masked and reconstructed rows
+    still = torch.randn(2, 3, 1, 32, 32).expand(2, 3, 8, 32, 32).contiguous()
+    picture = mae.visualize({"video": still, "mask": _mask(encoder)})
+    assert (picture[34:66, :32] == 0).all()
 
 
 def test_decoder_masking_reconstructs_a_fixed_share_of_hidden_tokens():

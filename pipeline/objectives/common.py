@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.models.layers import frame_differences
+
 
 def patchify(video: Tensor, patch: tuple[int, int, int]) -> Tensor:
     """(B, C, T, H, W) -> (B, N, pt*ph*pw*C) in (t, h, w) grid order."""
@@ -93,11 +95,24 @@ def to_uint8_frames(video: Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return (x.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
+def target_video(video: Tensor, target: str) -> Tensor:
+    """What an objective reconstructs or predicts (objective.target), as a (B, C, T, H, W) video:
+    the clip, its frame differences x_t - x_(t-1), or their magnitude |x_t - x_(t-1)|
+    (motion_energy). Frame 0 repeats frame 1's difference."""
+    if target == "pixels":
+        return video
+    diff = frame_differences(video)
+    return diff.abs() if target == "motion_energy" else diff
+
+
 def display_stats(target: str, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple, tuple]:
-    """(mean, std) that to_uint8_frames should undo for a target video: the clip's own, or for
-    objective.target=frame_diff mid-grey = no change, a difference of +-1 pixel unit = white/black."""
+    """(mean, std) that to_uint8_frames should undo for a target video: the clip's own; for
+    objective.target=frame_diff mid-grey = no change, a difference of +-1 pixel unit = white/black;
+    for motion_energy black = no change, a change of 1 pixel unit = white."""
     if target == "frame_diff":
         return (0.5,) * len(mean), tuple(0.5 * s for s in std)
+    if target == "motion_energy":
+        return (0.0,) * len(mean), tuple(std)
     return mean, std
 
 

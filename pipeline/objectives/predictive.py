@@ -7,7 +7,7 @@ A causal temporal predictor (a transformer whose tokens attend only to tokens at
 earlier time steps) reads the context tokens followed by one query token per future position and
 predicts, for each future token, (a) the pixels of its region (per-patch normalised, as VideoMAE
 targets; with objective.target=frame_diff its frame differences x_t - x_(t-1), the change to
-come), (b) optionally the latent of an EMA target encoder that saw the whole clip, and (c) a log
+come; with motion_energy their magnitude), (b) optionally the latent of an EMA target encoder that saw the whole clip, and (c) a log
 precision s. The loss is the Gaussian negative log-likelihood 0.5*exp(s)*err^2 - 0.5*s
 (common.gaussian_nll) with err^2 the token's mean squared error, so the model learns where the
 future is predictable. precision*|error| per token is the surprise map (logged as a picture).
@@ -21,10 +21,9 @@ from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone
-from pipeline.models.layers import frame_differences
 from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, heat_rgb, init_weights,
                                         latent_targets, normalize_patches, patchify, picture_rows, sincos_pos_embed,
-                                        to_uint8_frames, transformer, unpatchify, upsample_tokens)
+                                        target_video, to_uint8_frames, transformer, unpatchify, upsample_tokens)
 from pipeline.objectives.videomae import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -81,8 +80,9 @@ class NextFramePredictive(nn.Module):
         return head(x).squeeze(-1).clamp(self.cfg.log_precision_min, self.cfg.log_precision_max)
 
     def future_target(self, video: Tensor) -> Tensor:
-        """The future part of what is predicted: frames, or frame differences (objective.target)."""
-        return self.split(frame_differences(video) if self.cfg.target == "frame_diff" else video)[1]
+        """The future part of what is predicted (objective.target): frames, frame differences or
+        their magnitude."""
+        return self.split(target_video(video, self.cfg.target))[1]
 
     def predict(self, video: Tensor) -> dict[str, Tensor]:
         context, _ = self.split(video)

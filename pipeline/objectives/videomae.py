@@ -8,7 +8,10 @@ positions, and predicts each tubelet's pixels; the loss is the MSE over hidden t
 per-patch normalised pixels (norm_pix_loss). With objective.target=frame_diff the tubelets to
 reconstruct are frame differences x_t - x_(t-1) instead of pixels (the first frame repeats the
 second's difference), as MotionMAE and MME reconstruct motion: with appearance taken out of the
-target, what the encoder must capture is how things move.
+target, what the encoder must capture is how things move. objective.target=motion_energy
+reconstructs |x_t - x_(t-1)| (use it with norm_pix_loss: false): the sign of a moving textured
+edge depends on the texture, which a hidden tube never shows, but where and how much the clip
+changes follows from the motion seen elsewhere.
 
 With objective.latent_target the decoder also regresses, at every reconstructed position, the
 layer-normed final token of an EMA copy of the encoder that saw the unmasked clip (as data2vec
@@ -30,10 +33,9 @@ from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone, is_tube_mask
-from pipeline.models.layers import frame_differences
 from pipeline.objectives.common import (display_stats, ema_copy, ema_update, init_weights, latent_targets,
                                         normalize_patches, patchify, picture_rows, sincos_pos_embed,
-                                        to_uint8_frames, transformer, unpatchify)
+                                        target_video, to_uint8_frames, transformer, unpatchify)
 from pipeline.data.masking import running_cell_mask
 from pipeline.objectives.guided_masking import guided_tube_mask
 
@@ -69,12 +71,8 @@ class VideoMAE(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.encoder.set_grad_checkpointing(enable)
 
-    def _target_video(self, video: Tensor) -> Tensor:
-        """What is reconstructed, as a (B, C, T, H, W) video: the clip, or its frame differences."""
-        return frame_differences(video) if self.cfg.target == "frame_diff" else video
-
     def targets(self, video: Tensor) -> Tensor:
-        target = patchify(self._target_video(video), self.encoder.patch_size)
+        target = patchify(target_video(video, self.cfg.target), self.encoder.patch_size)
         return normalize_patches(target, self.channels)[0] if self.cfg.norm_pix_loss else target
 
     def _decode_visible_only(self, tokens: Tensor, mask: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
@@ -165,7 +163,7 @@ class VideoMAE(nn.Module):
         self.train(was_training)
         patch, c = self.encoder.patch_size, self.channels
         grid = self.encoder.token_grid(*video.shape[2:])
-        raw = patchify(self._target_video(video), patch)
+        raw = patchify(target_video(video, self.cfg.target), patch)
         if self.cfg.norm_pix_loss:
             _, mean, std = normalize_patches(raw, c)
             pred = (pred.reshape(*mean.shape[:2], -1, c) * std + mean).reshape(raw.shape)
