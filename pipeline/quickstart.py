@@ -83,8 +83,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"quickstart: reconstructions (input / masked / reconstruction): {pictures[-1]}")
     print(f"quickstart: loss curve: {plot_losses(records, pretrain / 'loss.png')}")
     report = json.loads((finetune / "eval.json").read_text())
+    classes = len(report["per_class_accuracy"])
     print(f"quickstart: fine-tuned classifier on the val split: top-1 {report['metrics']['top1']:.3f}, "
-          f"top-5 {report['metrics']['top5']:.3f} ({args.finetune_steps} steps from the pretrained encoder)")
+          f"top-5 {report['metrics']['top5']:.3f} ({args.finetune_steps} steps from the pretrained encoder; "
+          f"{report['videos']} val videos, {classes} classes, chance {1 / classes:.3f})")
+    print("quickstart: a smoke run at toy size; `python -m benchmarks transfer` measures what pretraining buys")
     for picture in report.get("pictures", []):
         print(f"quickstart: picture: {picture}")
     print(f"quickstart: TensorBoard: tensorboard --logdir {out}")

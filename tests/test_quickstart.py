@@ -11,6 +11,7 @@ def test_quickstart_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "quickstart: pretraining loss" in out and "quickstart: fine-tuned classifier" in out
+    assert "8 classes, chance 0.125" in out
     assert (tmp_path / "finetune" / "eval.json").is_file()
     manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
     assert manifest["totals"]["samples"] == 16
