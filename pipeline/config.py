@@ -398,8 +398,7 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.name: must be videomae or predictive, got {self.name!r}")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ConfigError(f"objective.decoder_mask_ratio: must be in [0, 1), got {self.decoder_mask_ratio}")
-        if self.target not in TARGETS:
-            raise ConfigError(f"objective.target: must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        _choice("objective.target", self.target, TARGETS)
         if self.guided_masking not in ("none", "motion"):
             raise ConfigError(f"objective.guided_masking: must be none or motion, got {self.guided_masking!r}")
         if self.predict_steps < 1:

@@ -7,10 +7,11 @@ A causal temporal predictor (a transformer whose tokens attend only to tokens at
 earlier time steps) reads the context tokens followed by one query token per future position and
 predicts, for each future token, (a) the pixels of its region (per-patch normalised, as VideoMAE
 targets; with objective.target=frame_diff its frame differences x_t - x_(t-1), the change to
-come; with motion_energy their magnitude), (b) optionally the latent of an EMA target encoder that saw the whole clip, and (c) a log
-precision s. The loss is the Gaussian negative log-likelihood 0.5*exp(s)*err^2 - 0.5*s
-(common.gaussian_nll) with err^2 the token's mean squared error, so the model learns where the
-future is predictable. precision*|error| per token is the surprise map (logged as a picture).
+come; with motion_energy their magnitude), (b) optionally the latent of an EMA target encoder
+that saw the whole clip, and (c) a log precision s. The loss is the Gaussian negative
+log-likelihood 0.5*exp(s)*err^2 - 0.5*s (common.gaussian_nll) with err^2 the token's mean squared
+error, so the model learns where the future is predictable. precision*|error| per token is the
+surprise map (logged as a picture).
 """
 
 from __future__ import annotations
