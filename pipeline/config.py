@@ -384,12 +384,16 @@ class ObjectiveConfig:
     decoder_mask_ratio: float = 0.0  # >0: running-cell decoder masking (VideoMAE v2)
     guided_masking: str = "none"  # none | motion: keep high-motion tubes visible (objectives/guided_masking.py)
     guide_strength: float = 2.0
+    # videomae: also learn a log precision per reconstructed token and take the Gaussian NLL of
+    # its error (the predictive objective always does; bounds below)
+    precision_weighted: bool = False
     # both: also regress an EMA target encoder's (layer-normed) tokens of the unmasked clip
     latent_target: bool = False
     ema_momentum: float = 0.996
     latent_weight: float = 1.0
     # next-frame predictive
     predict_steps: int = 1  # tubelet time steps predicted after the context
+    # both (videomae with precision_weighted): bounds of the learned log precision
     log_precision_min: float = -6.0
     log_precision_max: float = 6.0
 

@@ -162,6 +162,63 @@ def test_videomae_latent_target_regresses_the_ema_tokens_of_hidden_positions(mas
     assert all(torch.equal(t, f) for t, f in zip(obj.target_encoder.parameters(), frozen))
 
 
+@pytest.mark.parametrize("name,mask_mode", [("vit_tiny_joint", "visible_only"), ("vit_tiny_joint", "mask_token"),
+                                            ("mvit_tiny", "mask_token")])
+def test_videomae_precision_weighting_is_the_gaussian_nll_of_hidden_tokens(name, mask_mode):
+    """precision_weighted: loss = mean over hidden tokens of 0.5*exp(s)*err^2 - 0.5*s, s from the
+    precision head (on a coarser final grid, each final token's s covers its region)."""
+    torch.manual_seed(0)
+    kwargs = dict(TINY, mask_mode=mask_mode) if name == "vit_tiny_joint" else dict(num_frames=8, img_size=64)
+    encoder = create_model(name, **kwargs)
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC, norm_pix_loss=False, precision_weighted=True)).eval()
+    size = kwargs["img_size"]
+    grid = encoder.token_grid(8, size, size)
+    video, mask = torch.randn(2, 3, 8, size, size), tube_mask(2, grid, 0.5, torch.Generator().manual_seed(0))
+    loss, logs, full = obj.reconstruct(video, mask)
+    err2 = ((full - obj.targets(video)) ** 2).mean(-1)[mask]
+    # the head starts at precision 1 (s = 0): the loss is half the hidden tokens' mean squared error
+    torch.testing.assert_close(float(loss.detach()), 0.5 * float(err2.mean()), rtol=1e-5, atol=1e-7)
+    assert logs["precision"] == 1.0 and logs["pixel_mse"] == pytest.approx(float(err2.mean()), rel=1e-5)
+    torch.nn.init.normal_(obj.precision_head.weight, std=0.5)
+    loss, _, full = obj.reconstruct(video, mask)
+    with torch.no_grad():
+        out = encoder(video, mask)
+        if mask_mode == "visible_only":
+            dec, ids = obj._decode_visible_only(out.tokens, mask, grid)
+            s = torch.zeros(mask.shape).scatter(1, ids, obj.precision_head(dec).squeeze(-1))
+        else:
+            s_final = obj.precision_head(obj._decode_mask_token(out.tokens, out.grid)).view(2, 1, *out.grid)
+            scale = [g // f for g, f in zip(grid, out.grid)]
+            for dim, factor in zip((2, 3, 4), scale):
+                s_final = s_final.repeat_interleave(factor, dim=dim)
+            s = s_final.flatten(1)
+    err2 = ((full - obj.targets(video)) ** 2).mean(-1)
+    torch.testing.assert_close(loss, gaussian_nll(err2, s.clamp(-6, 6))[mask].mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_videomae_precision_is_high_where_hidden_content_is_predictable():
+    """Left half of every frame: fresh noise (unpredictable); right half: still. The learned
+    precision of hidden tokens ends far higher on the right."""
+    torch.manual_seed(0)
+    encoder = create_model("vit_tiny_joint", **TINY)
+    obj = VideoMAE(encoder, ObjectiveConfig(**DEC, norm_pix_loss=False, precision_weighted=True))
+    video = torch.zeros(2, 3, 8, 32, 32)
+    video[..., :16] = torch.randn(2, 3, 8, 32, 16)
+    mask = _mask(encoder, ratio=0.5)
+    opt = torch.optim.AdamW(obj.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss, _ = obj({"video": video, "mask": mask})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        grid = encoder.token_grid(8, 32, 32)
+        dec, ids = obj._decode_visible_only(encoder(video, mask).tokens, mask, grid)
+        s = obj.precision_head(dec).squeeze(-1)
+        left = (ids % grid[2]) < grid[2] // 2  # token column in the left half
+    assert float(s[~left].mean()) > float(s[left].mean()) + 2.0  # precision ratio > e^2
+
+
 def test_videomae_latent_target_refuses_a_coarser_final_grid():
     with pytest.raises(ValueError, match="objective.latent_target"):
         VideoMAE(create_model("mvit_tiny", num_frames=8, img_size=64), ObjectiveConfig(**DEC, latent_target=True))

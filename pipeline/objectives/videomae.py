@@ -13,6 +13,11 @@ reconstructs |x_t - x_(t-1)| (use it with norm_pix_loss: false): the sign of a m
 edge depends on the texture, which a hidden tube never shows, but where and how much the clip
 changes follows from the motion seen elsewhere.
 
+With objective.precision_weighted a head also predicts a log precision s per reconstructed token
+and the loss is the Gaussian NLL 0.5*exp(s)*err^2 - 0.5*s of the token's mean squared error, as in
+the predictive objective: with norm_pix_loss off, s learns how much a hidden tube holds that the
+visible ones predict (on moving content, little).
+
 With objective.latent_target the decoder also regresses, at every reconstructed position, the
 layer-normed final token of an EMA copy of the encoder that saw the unmasked clip (as data2vec
 and V-JEPA do); the loss adds latent_weight x that MSE. Pixels alone teach a small encoder little
@@ -33,9 +38,9 @@ from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone, is_tube_mask
-from pipeline.objectives.common import (display_stats, ema_copy, ema_update, init_weights, latent_targets,
-                                        normalize_patches, patchify, picture_rows, sincos_pos_embed,
-                                        target_video, to_uint8_frames, transformer, unpatchify)
+from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, init_weights,
+                                        latent_targets, normalize_patches, patchify, picture_rows,
+                                        sincos_pos_embed, target_video, to_uint8_frames, transformer, unpatchify)
 from pipeline.data.masking import running_cell_mask
 from pipeline.objectives.guided_masking import guided_tube_mask
 
@@ -57,6 +62,9 @@ class VideoMAE(nn.Module):
         stride = encoder.output_stride
         self.head = nn.Linear(d, stride[0] * stride[1] * stride[2] * channels)
         modules = [self.proj, self.decoder, self.norm, self.head]
+        if cfg.precision_weighted:
+            self.precision_head = nn.Linear(d, 1)
+            modules.append(self.precision_head)
         if cfg.latent_target:
             if tuple(encoder.output_stride) != tuple(encoder.patch_size):
                 raise ValueError(f"objective.latent_target: needs a backbone whose final grid is its embedding grid "
@@ -66,6 +74,8 @@ class VideoMAE(nn.Module):
             self.latent_head = nn.Linear(d, encoder.num_features)
             modules.append(self.latent_head)
         init_weights(nn.ModuleList(modules))
+        if cfg.precision_weighted:
+            nn.init.zeros_(self.precision_head.weight)  # start at precision 1 everywhere
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -101,6 +111,10 @@ class VideoMAE(nn.Module):
         x = self.proj(tokens) + sincos_pos_embed(grid, self.cfg.decoder_dim).to(tokens)
         return self.norm(self.decoder(x))
 
+    def _log_precision(self, dec: Tensor) -> Tensor:
+        return self.precision_head(dec).squeeze(-1).float().clamp(self.cfg.log_precision_min,
+                                                                  self.cfg.log_precision_max)
+
     def _pixels_on_embedding_grid(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """Predictions (B, N, P) on the embedding grid from decoder outputs on the final grid: each
         final token predicts every pixel of its output_stride region."""
@@ -123,7 +137,12 @@ class VideoMAE(nn.Module):
     def reconstruct(self, video: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor]:
         """Loss, logs and the full prediction on the grid (B, N, P) (zeros where not predicted).
 
-        With objective.latent_target the decoder also regresses, at the same hidden positions, the
+        With objective.precision_weighted a head also predicts a log precision s per reconstructed token
+and the loss is the Gaussian NLL 0.5*exp(s)*err^2 - 0.5*s of the token's mean squared error, as in
+the predictive objective: with norm_pix_loss off, s learns how much a hidden tube holds that the
+visible ones predict (on moving content, little).
+
+With objective.latent_target the decoder also regresses, at the same hidden positions, the
         EMA target encoder's layer-normed tokens of the unmasked clip (data2vec-style); the loss adds
         latent_weight x their MSE."""
         grid = self.encoder.token_grid(*video.shape[2:])
@@ -134,20 +153,29 @@ class VideoMAE(nn.Module):
             dec, ids = self._decode_visible_only(out.tokens, mask, grid)
             pred = self.head(dec)
             take = lambda x: x.gather(1, ids[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
-            loss = ((pred.float() - take(target).float()) ** 2).mean()
+            err2 = ((pred.float() - take(target).float()) ** 2).mean(-1)  # (B, K)
+            weight = torch.ones_like(err2)
             full = torch.zeros_like(target).scatter(1, ids[..., None].expand_as(pred), pred.to(target.dtype))
-            latent_mse = None if latent is None else ((self.latent_head(dec).float() - take(latent)) ** 2).mean()
+            latent_err2 = None if latent is None else ((self.latent_head(dec).float() - take(latent)) ** 2).mean(-1)
+            log_precision = self._log_precision(dec) if self.cfg.precision_weighted else None
         else:
             dec = self._decode_mask_token(out.tokens, out.grid)
             full = self._pixels_on_embedding_grid(dec, out.grid)
-            hidden = mask.float()
-            per_token = ((full.float() - target.float()) ** 2).mean(-1)
-            loss = (per_token * hidden).sum() / hidden.sum().clamp(min=1)
-            latent_mse = None if latent is None else (
-                (((self.latent_head(dec).float() - latent) ** 2).mean(-1) * hidden).sum() / hidden.sum().clamp(min=1))
+            weight = mask.float()
+            err2 = ((full.float() - target.float()) ** 2).mean(-1)  # (B, N)
+            latent_err2 = None if latent is None else ((self.latent_head(dec).float() - latent) ** 2).mean(-1)
+            log_precision = None
+            if self.cfg.precision_weighted:  # each final token's precision over its output_stride region
+                per_final = self._log_precision(dec).view(-1, 1, *out.grid)
+                log_precision = torch.nn.functional.interpolate(per_final, size=grid, mode="nearest").flatten(1)
+        mean = lambda x: (x * weight).sum() / weight.sum().clamp(min=1)  # noqa: E731  over reconstructed tokens
+        loss = mean(err2 if log_precision is None else gaussian_nll(err2, log_precision))
         logs = {"mask_ratio": float(mask.float().mean())}
-        if latent_mse is not None:
-            logs.update(pixel_mse=float(loss.detach()), latent_mse=float(latent_mse.detach()))
+        if log_precision is not None:
+            logs.update(pixel_mse=float(mean(err2.detach())), precision=float(mean(log_precision.detach().exp())))
+        if latent_err2 is not None:
+            latent_mse = mean(latent_err2)
+            logs.update(pixel_mse=logs.get("pixel_mse", float(loss.detach())), latent_mse=float(latent_mse.detach()))
             loss = loss + self.cfg.latent_weight * latent_mse
         return loss, logs, full
 
