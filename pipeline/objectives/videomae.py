@@ -137,14 +137,10 @@ class VideoMAE(nn.Module):
     def reconstruct(self, video: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor]:
         """Loss, logs and the full prediction on the grid (B, N, P) (zeros where not predicted).
 
-        With objective.precision_weighted a head also predicts a log precision s per reconstructed token
-and the loss is the Gaussian NLL 0.5*exp(s)*err^2 - 0.5*s of the token's mean squared error, as in
-the predictive objective: with norm_pix_loss off, s learns how much a hidden tube holds that the
-visible ones predict (on moving content, little).
-
-With objective.latent_target the decoder also regresses, at the same hidden positions, the
-        EMA target encoder's layer-normed tokens of the unmasked clip (data2vec-style); the loss adds
-        latent_weight x their MSE."""
+        With objective.precision_weighted the pixel term is each token's Gaussian NLL under its
+        learned precision instead of its MSE. With objective.latent_target the decoder also
+        regresses, at the same hidden positions, the EMA target encoder's layer-normed tokens of the
+        unmasked clip (data2vec-style); the loss adds latent_weight x their MSE."""
         grid = self.encoder.token_grid(*video.shape[2:])
         out = self.encoder(video, mask)
         target = self.targets(video)
