@@ -148,6 +148,12 @@ def gaussian_nll(err2: Tensor, log_precision: Tensor) -> Tensor:
     return 0.5 * torch.exp(log_precision) * err2 - 0.5 * log_precision
 
 
+def log_precision(head: nn.Module, x: Tensor, cfg) -> Tensor:
+    """(B, L) learned log precision of each token, `head`'s one output clamped to
+    [objective.log_precision_min, objective.log_precision_max]."""
+    return head(x).squeeze(-1).clamp(cfg.log_precision_min, cfg.log_precision_max)
+
+
 def ema_copy(encoder: nn.Module) -> nn.Module:
     """A frozen copy of the encoder, to be moved towards it by ema_update (objective.latent_target)."""
     return copy.deepcopy(encoder).requires_grad_(False)

@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone
 from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, heat_rgb, init_weights,
-                                        latent_targets, normalize_patches, patchify, picture_rows, sincos_pos_embed,
-                                        target_video, to_uint8_frames, transformer, unpatchify, upsample_tokens)
+                                        latent_targets, log_precision, normalize_patches, patchify, picture_rows,
+                                        sincos_pos_embed, target_video, to_uint8_frames, transformer, unpatchify,
+                                        upsample_tokens)
 from pipeline.objectives.videomae import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -77,9 +78,6 @@ class NextFramePredictive(nn.Module):
             return
         ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
 
-    def _log_precision(self, head: nn.Linear, x: Tensor) -> Tensor:
-        return head(x).squeeze(-1).clamp(self.cfg.log_precision_min, self.cfg.log_precision_max)
-
     def future_target(self, video: Tensor) -> Tensor:
         """The future part of what is predicted (objective.target): frames, frame differences or
         their magnitude."""
@@ -106,12 +104,12 @@ class NextFramePredictive(nn.Module):
         target = patchify(future, self.encoder.output_stride)
         target = normalize_patches(target, self.channels)[0] if self.cfg.norm_pix_loss else target
         err2 = ((pred.float() - target.float()) ** 2).mean(-1)
-        result = {"pred": pred, "err2": err2, "log_precision": self._log_precision(self.pixel_precision, out),
+        result = {"pred": pred, "err2": err2, "log_precision": log_precision(self.pixel_precision, out, self.cfg),
                   "grid": torch.tensor(future_grid)}
         if self.cfg.latent_target:
             latent = latent_targets(self.target_encoder, video)[:, n_ctx:]
             result["latent_err2"] = ((self.latent_head(out).float() - latent) ** 2).mean(-1)
-            result["latent_log_precision"] = self._log_precision(self.latent_precision, out)
+            result["latent_log_precision"] = log_precision(self.latent_precision, out, self.cfg)
         return result
 
     def forward(self, batch: dict) -> tuple[Tensor, dict]:

@@ -39,8 +39,9 @@ from torch import Tensor, nn
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone, is_tube_mask
 from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, init_weights,
-                                        latent_targets, normalize_patches, patchify, picture_rows,
-                                        sincos_pos_embed, target_video, to_uint8_frames, transformer, unpatchify)
+                                        latent_targets, log_precision, normalize_patches, patchify,
+                                        picture_rows, sincos_pos_embed, target_video, to_uint8_frames,
+                                        transformer, unpatchify)
 from pipeline.data.masking import running_cell_mask
 from pipeline.objectives.guided_masking import guided_tube_mask
 
@@ -111,10 +112,6 @@ class VideoMAE(nn.Module):
         x = self.proj(tokens) + sincos_pos_embed(grid, self.cfg.decoder_dim).to(tokens)
         return self.norm(self.decoder(x))
 
-    def _log_precision(self, dec: Tensor) -> Tensor:
-        return self.precision_head(dec).squeeze(-1).float().clamp(self.cfg.log_precision_min,
-                                                                  self.cfg.log_precision_max)
-
     def _pixels_on_embedding_grid(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """Predictions (B, N, P) on the embedding grid from decoder outputs on the final grid: each
         final token predicts every pixel of its output_stride region."""
@@ -153,25 +150,29 @@ class VideoMAE(nn.Module):
             weight = torch.ones_like(err2)
             full = torch.zeros_like(target).scatter(1, ids[..., None].expand_as(pred), pred.to(target.dtype))
             latent_err2 = None if latent is None else ((self.latent_head(dec).float() - take(latent)) ** 2).mean(-1)
-            log_precision = self._log_precision(dec) if self.cfg.precision_weighted else None
+            log_prec = None
+            if self.cfg.precision_weighted:
+                log_prec = log_precision(self.precision_head, dec, self.cfg).float()
         else:
             dec = self._decode_mask_token(out.tokens, out.grid)
             full = self._pixels_on_embedding_grid(dec, out.grid)
             weight = mask.float()
             err2 = ((full.float() - target.float()) ** 2).mean(-1)  # (B, N)
             latent_err2 = None if latent is None else ((self.latent_head(dec).float() - latent) ** 2).mean(-1)
-            log_precision = None
+            log_prec = None
             if self.cfg.precision_weighted:  # each final token's precision over its output_stride region
-                per_final = self._log_precision(dec).view(-1, 1, *out.grid)
-                log_precision = torch.nn.functional.interpolate(per_final, size=grid, mode="nearest").flatten(1)
+                per_final = log_precision(self.precision_head, dec, self.cfg).float().view(-1, 1, *out.grid)
+                log_prec = torch.nn.functional.interpolate(per_final, size=grid, mode="nearest").flatten(1)
         mean = lambda x: (x * weight).sum() / weight.sum().clamp(min=1)  # noqa: E731  over reconstructed tokens
-        loss = mean(err2 if log_precision is None else gaussian_nll(err2, log_precision))
+        loss = mean(err2 if log_prec is None else gaussian_nll(err2, log_prec))
         logs = {"mask_ratio": float(mask.float().mean())}
-        if log_precision is not None:
-            logs.update(pixel_mse=float(mean(err2.detach())), precision=float(mean(log_precision.detach().exp())))
+        if log_prec is not None or latent_err2 is not None:  # the loss is then more than the pixel MSE
+            logs["pixel_mse"] = float(mean(err2.detach()))
+        if log_prec is not None:
+            logs["precision"] = float(mean(log_prec.detach().exp()))
         if latent_err2 is not None:
             latent_mse = mean(latent_err2)
-            logs.update(pixel_mse=logs.get("pixel_mse", float(loss.detach())), latent_mse=float(latent_mse.detach()))
+            logs["latent_mse"] = float(latent_mse.detach())
             loss = loss + self.cfg.latent_weight * latent_mse
         return loss, logs, full
 
