@@ -150,18 +150,17 @@ class VideoMAE(nn.Module):
             weight = torch.ones_like(err2)
             full = torch.zeros_like(target).scatter(1, ids[..., None].expand_as(pred), pred.to(target.dtype))
             latent_err2 = None if latent is None else ((self.latent_head(dec).float() - take(latent)) ** 2).mean(-1)
-            log_prec = None
-            if self.cfg.precision_weighted:
-                log_prec = log_precision(self.precision_head, dec, self.cfg).float()
         else:
             dec = self._decode_mask_token(out.tokens, out.grid)
             full = self._pixels_on_embedding_grid(dec, out.grid)
             weight = mask.float()
             err2 = ((full.float() - target.float()) ** 2).mean(-1)  # (B, N)
             latent_err2 = None if latent is None else ((self.latent_head(dec).float() - latent) ** 2).mean(-1)
-            log_prec = None
-            if self.cfg.precision_weighted:  # each final token's precision over its output_stride region
-                per_final = log_precision(self.precision_head, dec, self.cfg).float().view(-1, 1, *out.grid)
+        log_prec = None  # of each decoded token: (B, K) visible-only, (B, N) on the final grid
+        if self.cfg.precision_weighted:
+            log_prec = log_precision(self.precision_head, dec, self.cfg).float()
+            if tuple(out.grid) != tuple(grid):  # coarser final grid: each final token's over its output_stride region
+                per_final = log_prec.view(-1, 1, *out.grid)
                 log_prec = torch.nn.functional.interpolate(per_final, size=grid, mode="nearest").flatten(1)
         mean = lambda x: (x * weight).sum() / weight.sum().clamp(min=1)  # noqa: E731  over reconstructed tokens
         loss = mean(err2 if log_prec is None else gaussian_nll(err2, log_prec))
