@@ -257,7 +257,7 @@ def test_predictive_learns_and_ema_target_follows():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] and "latent_mse" in logs
     gap = sum((t - s).abs().sum() for t, s in zip(obj.target_encoder.parameters(), obj.encoder.parameters()))
     assert 0 < float(gap) < sum(p.abs().sum() for p in obj.encoder.parameters())
