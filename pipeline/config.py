@@ -389,6 +389,7 @@ class ObjectiveConfig:
     precision_weighted: bool = False
     # both: also regress an EMA target encoder's (layer-normed) tokens of the unmasked clip
     latent_target: bool = False
+    latent_norm: str = "layer"  # layer (each token over channels) | instance (each channel over the clip's tokens)
     ema_momentum: float = 0.996
     latent_weight: float = 1.0
     # next-frame predictive
@@ -403,6 +404,7 @@ class ObjectiveConfig:
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ConfigError(f"objective.decoder_mask_ratio: must be in [0, 1), got {self.decoder_mask_ratio}")
         _choice("objective.target", self.target, TARGETS)
+        _choice("objective.latent_norm", self.latent_norm, ("layer", "instance"))
         if self.guided_masking not in ("none", "motion"):
             raise ConfigError(f"objective.guided_masking: must be none or motion, got {self.guided_masking!r}")
         if self.predict_steps < 1:

@@ -167,8 +167,13 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 
 @torch.no_grad()
-def latent_targets(target: nn.Module, video: Tensor) -> Tensor:
-    """(B, N, D) float32: the target encoder's final tokens of the whole clip, each layer-normed
-    (no affine), as data2vec and V-JEPA regress them."""
+def latent_targets(target: nn.Module, video: Tensor, norm: str = "layer") -> Tensor:
+    """(B, N, D) float32: the target encoder's final tokens of the whole clip, normalised
+    (objective.latent_norm): "layer" standardises each token over its channels (no affine), as
+    V-JEPA does; "instance" standardises each channel over the clip's tokens, as data2vec does, so
+    what every token shares (a near-constant direction an EMA encoder drifts into early on) is
+    taken out and only what tells the positions apart is left to predict."""
     tokens = target(video).tokens.float()
+    if norm == "instance":
+        return nn.functional.instance_norm(tokens.transpose(1, 2)).transpose(1, 2)
     return nn.functional.layer_norm(tokens, (tokens.shape[-1],))

@@ -107,7 +107,7 @@ class NextFramePredictive(nn.Module):
         result = {"pred": pred, "err2": err2, "log_precision": log_precision(self.pixel_precision, out, self.cfg),
                   "grid": torch.tensor(future_grid)}
         if self.cfg.latent_target:
-            latent = latent_targets(self.target_encoder, video)[:, n_ctx:]
+            latent = latent_targets(self.target_encoder, video, self.cfg.latent_norm)[:, n_ctx:]
             result["latent_err2"] = ((self.latent_head(out).float() - latent) ** 2).mean(-1)
             result["latent_log_precision"] = log_precision(self.latent_precision, out, self.cfg)
         return result
