@@ -485,6 +485,7 @@ class TaskConfig:
     mix_prob: float = 1.0  # chance that a batch is mixed at all
     mix_switch_prob: float = 0.5  # with both alphas: chance of cutmix instead of mixup
     head_dropout: float = 0.0
+    head_norm: str = "layer"  # classification linear head: layer | batch | none (pipeline/tasks/heads.py)
     head_width: int = 64  # tracking: correlation channels
     template_size: int = 32  # tracking: template crop side in pixels (a multiple of the stride)
     template_context: float = 2.0  # tracking: crop side / longer box side
@@ -502,6 +503,7 @@ class TaskConfig:
         _choice("task.kind", self.kind, TASK_KINDS)
         self.head = self.head or TASK_HEADS[self.kind][0]
         _choice("task.head", self.head, TASK_HEADS[self.kind])
+        _choice("task.head_norm", self.head_norm, ("layer", "batch", "none"))
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"task.label_fraction: must be in (0, 1], got {self.label_fraction}")
         if not 0.0 < self.layer_decay <= 1.0:

@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.config import ConfigError, TaskConfig
 from pipeline.models import create_model
 from pipeline.tasks.features import frame_features
-from pipeline.tasks.heads import AttentiveProbe, LinearHead, LinearSegHead, SegDecoder, TaskModel
+from pipeline.tasks.heads import HEAD_NORMS, AttentiveProbe, LinearHead, LinearSegHead, SegDecoder, TaskModel
 from pipeline.tasks.metrics import paired_box_iou
 from pipeline.tasks.tracking import (TrackingHead, TrackingOutput, centre_cells, centre_heatmap,
                                      decode_boxes, depthwise_xcorr, tracking_loss)
@@ -31,13 +32,46 @@ def clip(batch=2, frames=8, size=64, seed=1):
 
 def test_linear_head_shapes_norm_option_and_gradients():
     pooled = torch.randn(4, 32, requires_grad=True)
-    for norm in (True, False):
+    for norm in HEAD_NORMS:
         head = LinearHead(32, 5, norm=norm, dropout=0.1)
         logits = head(pooled)
         assert logits.shape == (4, 5)
         logits.square().sum().backward()
         assert head.fc.weight.grad.abs().sum() > 0
-    assert isinstance(LinearHead(32, 5).norm, nn.LayerNorm) and isinstance(LinearHead(32, 5, norm=False).norm, nn.Identity)
+    assert isinstance(LinearHead(32, 5).norm, nn.LayerNorm) and isinstance(LinearHead(32, 5, norm="none").norm, nn.Identity)
+    with pytest.raises(ValueError, match="norm"):
+        LinearHead(32, 5, norm="group")
+    with pytest.raises(ConfigError, match="task.head_norm"):
+        TaskConfig(head_norm="group").validate()
+
+
+def test_batch_norm_head_standardises_channels_the_layer_norm_head_does_not():
+    """Pooled features that share one large vector and differ by a small class signal: the batch
+    norm feeds the classifier unit-variance channels, the layer norm leaves the signal small, and
+    in 30 steps only the former's head fits the classes; in eval the batch norm uses its running
+    statistics."""
+    torch.manual_seed(0)
+    labels = torch.arange(64) % 2
+    pooled = 5 * torch.randn(32) + 0.05 * torch.randn(64, 32) + 0.05 * (2 * labels[:, None] - 1) * torch.randn(32).sign()
+    losses, inputs = {}, {}
+    for norm in ("layer", "batch"):
+        head = LinearHead(32, 2, norm=norm)
+        inputs[norm] = head.norm(pooled)
+        opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+        for _ in range(30):
+            loss = torch.nn.functional.cross_entropy(head(pooled), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses[norm] = float(loss.detach())
+        if norm == "batch":
+            stats = head.norm
+            head.eval()
+            wanted = head.fc((pooled - stats.running_mean) / (stats.running_var + stats.eps).sqrt())
+            torch.testing.assert_close(head(pooled), wanted)
+    torch.testing.assert_close(inputs["batch"].std(0, unbiased=False), torch.ones(32), atol=0.01, rtol=0)
+    assert float(inputs["layer"].std(0).mean()) < 0.1
+    assert losses["batch"] < 0.5 * losses["layer"] and losses["layer"] > 0.6  # ln 2 = 0.69: the layer head barely moved
 
 
 def test_attentive_probe_ignores_token_order_and_trains():

@@ -54,7 +54,7 @@ def build_head(cfg: FinetuneConfig, dim: int) -> nn.Module:
     if task.kind == "classification":
         if task.head == "attentive":
             return AttentiveProbe(dim, task.num_classes)
-        return LinearHead(dim, task.num_classes, dropout=task.head_dropout)
+        return LinearHead(dim, task.num_classes, norm=task.head_norm, dropout=task.head_dropout)
     if task.kind == "segmentation":
         return SegDecoder(dim, task.num_classes) if task.head == "decoder" else LinearSegHead(dim, task.num_classes)
     if task.kind == "tracking":
