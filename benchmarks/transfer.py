@@ -13,9 +13,10 @@
 3. With a class-balanced 10% of the training labels (task.label_fraction), fine-tune the same
    architecture from the VideoMAE encoder, the predictive encoder and from scratch, each with
    the same budget (steps, batch, lr) and the same fine-tuning seeds (head and scratch init,
-   batch order, crops): classification (full fine-tuning, no layer decay) and segmentation (light
-   decoder on the masks); evaluate on the whole val split, one clip per video. Classification
-   runs every seed in `seeds`, segmentation those in `segment_seeds`.
+   batch order, crops): classification (full fine-tuning, no layer decay, a linear head behind an
+   affine-free BatchNorm: task.head_norm=batch) and segmentation (light decoder on the masks);
+   evaluate on the whole val split, one clip per video. Classification runs every seed in
+   `seeds`, segmentation those in `segment_seeds`.
 4. Label propagation (no training) on the synthetic DAVIS val folder with each encoder, frames
    enlarged 3x and each token attending within 1 grid cell (the best of the settings measured,
    README); the frame-difference encoders get each frame's features from a window of the frames
@@ -132,7 +133,7 @@ def pretrain(root: Path, shards: Path, objective: str, budget: Budget) -> Path:
 
 def task_config(root: Path, shards: Path, davis: Path, kind: str, init: str, encoders: dict[str, Path],
                 steps: int, budget: Budget, seed: int = SEED) -> FinetuneConfig:
-    task, lr = {"classification": ({"head": "linear", "label_smoothing": 0.1}, 1e-3),
+    task, lr = {"classification": ({"head": "linear", "head_norm": "batch", "label_smoothing": 0.1}, 1e-3),
                 "segmentation": ({"head": "decoder"}, 3e-3),
                 "propagation": ({"davis_root": str(davis), "davis_split": "bench", "propagation_scale": 3,
                                  "propagation_radius": 1}, 1e-3)}[kind]  # propagation trains nothing

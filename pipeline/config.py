@@ -533,3 +533,8 @@ class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # model.pretrained: what --init sets
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if self.task.kind == "classification" and self.task.head == "linear" and self.task.head_norm == "batch" \
+                and self.data.batch_size < 2:
+            raise ConfigError(f"task.head_norm: batch needs data.batch_size >= 2 per process, got {self.data.batch_size}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError, TaskConfig
+from pipeline.config import ConfigError, FinetuneConfig, TaskConfig, from_dict
 from pipeline.models import create_model
 from pipeline.tasks.features import frame_features
 from pipeline.tasks.heads import HEAD_NORMS, AttentiveProbe, LinearHead, LinearSegHead, SegDecoder, TaskModel
@@ -43,6 +43,8 @@ def test_linear_head_shapes_norm_option_and_gradients():
         LinearHead(32, 5, norm="group")
     with pytest.raises(ConfigError, match="task.head_norm"):
         TaskConfig(head_norm="group").validate()
+    with pytest.raises(ConfigError, match="task.head_norm: batch needs data.batch_size >= 2"):
+        from_dict(FinetuneConfig, {"data": {"batch_size": 1}, "task": {"head_norm": "batch"}})
 
 
 def test_batch_norm_head_standardises_channels_the_layer_norm_head_does_not():
