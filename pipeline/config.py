@@ -387,7 +387,7 @@ class ObjectiveConfig:
     # videomae: also learn a log precision per reconstructed token and take the Gaussian NLL of
     # its error (the predictive objective always does; bounds below)
     precision_weighted: bool = False
-    # both: also regress an EMA target encoder's (layer-normed) tokens of the unmasked clip
+    # both: also regress an EMA target encoder's tokens of the unmasked clip, normalised per latent_norm
     latent_target: bool = False
     latent_norm: str = "layer"  # layer (each token over channels) | instance (each channel over the clip's tokens)
     ema_momentum: float = 0.996
@@ -465,6 +465,7 @@ class PretrainConfig:
 TASK_KINDS = ("classification", "segmentation", "tracking", "propagation")
 TASK_HEADS = {"classification": ("linear", "attentive"), "segmentation": ("linear", "decoder"),
               "tracking": ("correlation",), "propagation": ("none",)}
+HEAD_NORMS = ("layer", "batch", "none")  # task.head_norm (pipeline/tasks/heads.py: LinearHead)
 
 
 @dataclass
@@ -503,7 +504,7 @@ class TaskConfig:
         _choice("task.kind", self.kind, TASK_KINDS)
         self.head = self.head or TASK_HEADS[self.kind][0]
         _choice("task.head", self.head, TASK_HEADS[self.kind])
-        _choice("task.head_norm", self.head_norm, ("layer", "batch", "none"))
+        _choice("task.head_norm", self.head_norm, HEAD_NORMS)
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"task.label_fraction: must be in (0, 1], got {self.label_fraction}")
         if not 0.0 < self.layer_decay <= 1.0:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import ConfigError, FinetuneConfig, TaskConfig, from_dict
+from pipeline.config import HEAD_NORMS, ConfigError, FinetuneConfig, TaskConfig, from_dict
 from pipeline.models import create_model
 from pipeline.tasks.features import frame_features
-from pipeline.tasks.heads import HEAD_NORMS, AttentiveProbe, LinearHead, LinearSegHead, SegDecoder, TaskModel
+from pipeline.tasks.heads import AttentiveProbe, LinearHead, LinearSegHead, SegDecoder, TaskModel
 from pipeline.tasks.metrics import paired_box_iou
 from pipeline.tasks.tracking import (TrackingHead, TrackingOutput, centre_cells, centre_heatmap,
                                      decode_boxes, depthwise_xcorr, tracking_loss)
