@@ -6,6 +6,7 @@
     shard_format.py   the shard contract shared with data_prep (tar members + manifest.json)
     shards.py         a data.shards spec -> shards with sample counts
     plan.py           the epoch plan: ranks, streams, shuffle buffer, resampling (pure arithmetic)
+    remainder.py      elastic resume: the rest of an epoch re-split over another world/batch size
     tar_reader.py     samples of a shard segment, by position
     decode.py         decord | pyav | torchcodec behind one interface; clip frames only
     decode_process.py decoding bounded in time by a killable helper process

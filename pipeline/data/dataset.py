@@ -8,7 +8,8 @@ Worker w of W yields the rank's batches start_batch + w, + w + W, ...; batch j i
 of stream j % S, and all of a stream's batches land on one worker (W divides S). A stream reader
 walks its shard segments in order and keeps read-but-not-yet-due samples (at most the shuffle
 buffer); on resume the samples already emitted are passed over unread (tar_reader extracts only
-wanted members) and never decoded.
+wanted members) and never decoded. In an elastic resume's remainder epoch (`remainder`, see
+remainder.py) the streams are that epoch's re-split and read the same way.
 
 A sample that cannot be used is skipped and counted by reason (bad_json, missing_video,
 bad_annotation, decode_error, decode_timeout, decoder_crashed, truncated_shard, shard_short, ...),
@@ -37,6 +38,7 @@ from pipeline.data.decode import DecodeError
 from pipeline.data.decode_process import keep_freed_memory, make_decoder
 from pipeline.data.masking import make_masker, running_cell_mask
 from pipeline.data.plan import EpochPlan, PlanSpec, StreamPlan, mix_seed
+from pipeline.data.remainder import Remainder, RemainderPlan
 from pipeline.data.sampling import ClipSampling
 from pipeline.data.shard_format import BOXES_EXT, MASKS_EXT, META_EXT, VIDEO_EXT, SampleMeta, ShardFormatError
 from pipeline.data.tar_reader import RawSample, read_segment
@@ -78,15 +80,15 @@ class StreamReader:
 
     def __init__(self, plan: StreamPlan, first_batch: int):
         self.plan, self.next_batch = plan, first_batch
-        self._emitted = np.zeros(plan.input_length, dtype=bool)
-        self._emitted[plan.order[:first_batch * plan.batch_size]] = True
+        self._due = np.zeros(plan.input_length, dtype=bool)  # positions this reader will emit
+        self._due[plan.order[first_batch * plan.batch_size:]] = True
         self._pending: dict[int, RawSample] = {}
         self._raw = self._read()
 
     def _read(self):
         pos = 0
         for segment in self.plan.segments:
-            yield from read_segment(segment, pos, lambda p: not self._emitted[p])
+            yield from read_segment(segment, pos, lambda p: self._due[p])
             pos += segment.stop - segment.start
 
     def take_batch(self, index: int) -> list[RawSample]:
@@ -137,10 +139,14 @@ class ClipDataset(IterableDataset):
         self.plan_spec, self.batch_spec = plan_spec, batch_spec
         self.rank, self.world_size, self.ring_slots = rank, world_size, ring_slots
         self.epoch, self.start_batch = 0, 0
+        self.remainder: Remainder | None = None  # set by the loader after an elastic resume
         self.released: torch.Tensor | None = None  # set by the loader when it runs workers
 
-    def plan(self, epoch: int | None = None) -> EpochPlan:
-        return EpochPlan(self.plan_spec, self.epoch if epoch is None else epoch, self.rank, self.world_size)
+    def plan(self, epoch: int | None = None) -> EpochPlan | RemainderPlan:
+        epoch = self.epoch if epoch is None else epoch
+        if self.remainder is not None and self.remainder.epoch == epoch:
+            return RemainderPlan(self.remainder, self.plan_spec, self.rank, self.world_size)
+        return EpochPlan(self.plan_spec, epoch, self.rank, self.world_size)
 
     def __iter__(self):
         info = get_worker_info()
@@ -203,7 +209,7 @@ class ClipDataset(IterableDataset):
 
     def _batch(self, raws: list[RawSample], stream: StreamPlan, mask_seed: int, decoder,
                transform: ClipTransform, masker, ring: BatchRing | None, worker: int) -> tuple[dict, dict]:
-        spec, pad_from = self.batch_spec, stream.pad_from
+        spec = self.batch_spec
         size, frames = spec.transform.crop_size, spec.sampling.num_frames
         # uint8 (B, T, H, W, C) memory: the crops come out of the transform channels-last, so each
         # clip lands with one plain copy; handed over as a (B, C, T, H, W) view of it
@@ -214,7 +220,7 @@ class ClipDataset(IterableDataset):
         decoded = 0
         for raw in raws:
             try:
-                meta, views = self._clips(raw, decoder, transform, mix_seed(stream.seed, raw.pos))
+                meta, views = self._clips(raw, decoder, transform, stream.sample_seed(raw.pos))
             except SkipSample as e:
                 skipped[e.reason] += 1
                 log.warning("skipped sample %r of %s (%s): %s", raw.key, raw.shard, e.reason, e.detail)
@@ -224,7 +230,7 @@ class ClipDataset(IterableDataset):
                 video[len(keys)].copy_(clip.permute(0, 2, 3, 1))  # copy now: clip may view decoder memory
                 keys.append(raw.key)
                 labels.append(meta.label)
-                padded.append(pad_from is not None and raw.pos >= pad_from)
+                padded.append(stream.is_padding(raw.pos))
                 boxes.append(clip_boxes)
                 masks.append(clip_masks)
         n = len(keys)

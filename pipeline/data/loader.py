@@ -26,25 +26,41 @@ Where `video` becomes float: workers hand clips over as uint8 in shared memory, 
                      valid until the next batch is asked for (its buffer is then reused): clone
                      it to keep it
 stats()["wait_s"] counts that hand-over as time waiting for data. The trainer sets `device` to
-its accelerator.
+its accelerator. Those buffers live in /dev/shm: build_loader refuses (ConfigError) a setup whose
+workers' buffers (prefetch_factor + 2 batches each, for every rank on the node) would not fit it.
 
 Epochs: every rank yields exactly len(loader) batches (see plan.py for the policy); iterating to
 the end moves to the next epoch; set_epoch(e) jumps to the start of epoch e. Order is a function
-of (seed, epoch, rank, world_size, batch_size, streams_per_rank, shards) only.
+of (seed, epoch, rank, world_size, batch_size, streams_per_rank, shards) only (and, in the epoch
+an elastic resume lands in, of the loaded state).
 
 Exact resume: state_dict() counts the batches handed out, so after load_state_dict() the loader
 yields exactly the batches an uninterrupted run would have yielded next; skipped-over samples are
-not decoded. A state saved on any rank restores every rank. May change between save and load: the
-worker count (when it divides streams_per_rank; the default streams_per_rank follows num_workers, so
-set it explicitly to change workers), prefetch_factor, decode_timeout_s, the decoder backend (same
-pixels on H.264). Must not change (load_state_dict raises, naming it): seed, world_size,
-batch_size, streams_per_rank, shuffle settings, drop_last, resampled/epoch_samples, the shards.
-Augmentation settings are not checked; changing them changes pixels, not the order.
+not decoded. The state is the same on every rank, so any rank's restores every rank. May change
+between save and load: the worker count (when it divides streams_per_rank), prefetch_factor,
+decode_timeout_s, the decoder backend (same pixels on H.264). Must not change (load_state_dict
+raises one line naming it): seed, shuffle, shuffle_buffer, drop_last, resampled, epoch_samples,
+the shards. Augmentation settings are not checked; changing them changes pixels, not the order.
+
+Elastic resume: a state saved with another layout - world_size, batch_size or streams_per_rank
+(which follows num_workers unless set) - is loaded by re-splitting the rest of its epoch
+(remainder.py): together the new ranks yield exactly the samples the old ranks had not yet yielded,
+each once, with the clips and crops those samples would have given; every new rank yields the
+same number of batches, so load_state_dict raises (one line) when world_size x batch_size does not
+divide the samples left. Resampled epochs continue the old streams' remaining draws the same way.
+From the next epoch on, the normal plan of the new layout applies. A state saved inside such a
+remainder epoch resumes exactly on the same layout and is re-split again on another one. The
+trainer builds the loader for the new world and loads one saved state (any old rank's) into every
+new rank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
+import os
+import shutil
 import tarfile
 import time
 from collections import Counter
@@ -58,13 +74,15 @@ from pipeline.data.dataset import BatchSpec, ClipDataset
 from pipeline.data.decode import check_decoder
 from pipeline.data.masking import make_masker
 from pipeline.data.plan import PlanSpec
+from pipeline.data.remainder import Remainder
 from pipeline.data.sampling import ClipSampling
 from pipeline.data.shard_format import META_EXT, SampleMeta, ShardFormatError
 from pipeline.data.shards import ShardRef, list_shards
 from pipeline.data.normalize import batch_to_device
 from pipeline.data.transforms import TransformSpec
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added "remainder"; a version 1 state loads as one without it
+_LAYOUT = ("world_size", "batch_size", "streams_per_rank")  # may change: the rest of the epoch is re-split
 
 
 class ClipLoader:
@@ -84,6 +102,7 @@ class ClipLoader:
         """Start of `epoch` (no-op when already in it, so a resumed mid-epoch position is kept)."""
         if epoch != self.epoch:
             self.epoch, self.batches_done = epoch, 0
+            self.dataset.remainder = None
 
     def __iter__(self):
         total = len(self)
@@ -123,6 +142,7 @@ class ClipLoader:
             self._busy_s += time.perf_counter() - started
             del source
         self.epoch, self.batches_done = self.epoch + 1, 0
+        self.dataset.remainder = None
 
     def stats(self) -> dict:
         """Counters since construction, for the trainer's logs."""
@@ -142,18 +162,68 @@ class ClipLoader:
                 "shards": shards}
 
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "epoch": self.epoch, "batches_done": self.batches_done,
-                "order": self._order_fields()}
+        state = {"version": STATE_VERSION, "epoch": self.epoch, "batches_done": self.batches_done,
+                 "order": self._order_fields()}
+        if self.dataset.remainder is not None:
+            state["remainder"] = self.dataset.remainder.to_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"data state: version {state.get('version')!r} unsupported (want {STATE_VERSION})")
-        now = self._order_fields()
-        for name, saved in state["order"].items():
-            if now.get(name) != saved:
-                raise ValueError(f"data state: {name} was {saved!r} when saved, is {now.get(name)!r} now "
-                                 f"(the resumed batches would differ)")
-        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        now, saved = self._order_fields(), state["order"]
+        for name, value in saved.items():
+            if name not in _LAYOUT and now.get(name) != value:
+                raise ValueError(f"data state: {name} was {value!r} when saved, is {now.get(name)!r} now (the rest "
+                                 f"of epoch {state['epoch']} could not be reproduced); set data.{name} back to resume")
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        rest = Remainder.from_state(state["remainder"]) if "remainder" in state else None
+        if all(now[name] == saved[name] for name in _LAYOUT):
+            self.epoch, self.batches_done, self.dataset.remainder = epoch, done, rest
+            return
+        world, batch, streams = (int(saved[name]) for name in _LAYOUT)
+        if rest is None:
+            old = dataclasses.replace(self.dataset.plan_spec, batch_size=batch, streams=streams)
+            rest = Remainder.of_epoch(old, epoch, world, done)
+        else:
+            rest = rest.after(world, batch, streams, done)
+        if rest.length % (now["world_size"] * now["batch_size"]):
+            raise ValueError(
+                f"data state: the {rest.length} samples left in epoch {epoch} (saved on {world} ranks x batch {batch}) "
+                f"do not split into equal batches over {now['world_size']} ranks x batch {now['batch_size']}; "
+                f"resume on a world_size x batch_size that divides {rest.length}, or from a checkpoint at another step")
+        self.epoch, self.batches_done, self.dataset.remainder = epoch, 0, rest  # (empty if saved at its end)
+
+
+SHM = "/dev/shm"
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes of /dev/shm, where torch puts the workers' shared batch rings; None without one."""
+    try:
+        return shutil.disk_usage(SHM).free
+    except OSError:
+        return None
+
+
+def _check_shared_memory(cfg: DataConfig, clips_per_sample: int, slots: int) -> None:
+    """ConfigError now, rather than a bus error in a worker later, when the batch rings of this node's
+    ranks (LOCAL_WORLD_SIZE, set by torchrun / accelerate) cannot fit in /dev/shm (64 MB in a default
+    docker container). Counts the uint8 video of every ring slot; the other tensors are small."""
+    free = shm_free_bytes()
+    if free is None or cfg.num_workers == 0:
+        return
+    batch = cfg.batch_size * clips_per_sample * 3 * cfg.num_frames * cfg.crop_size ** 2
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    need = ranks * cfg.num_workers * slots * batch
+    if need > free:
+        mib = 2 ** 20
+        raise ConfigError(
+            f"data.num_workers: the workers' batch buffers need {need / mib:,.1f} MiB of shared memory ({ranks} "
+            f"rank(s) x {cfg.num_workers} workers x {slots} batches of {batch / mib:,.1f} MiB) but {SHM} has "
+            f"{free / mib:,.1f} MiB free; enlarge it (docker run --shm-size={math.ceil(need / 2 ** 30) + 1}G, or a "
+            f"Kubernetes emptyDir with medium: Memory mounted at {SHM}) or lower data.num_workers, "
+            f"data.prefetch_factor or data.batch_size")
 
 
 _FIT_SAMPLES = 64  # videos of the first shard looked at to see whether a clip fits one
@@ -231,7 +301,9 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
         except ValueError as e:
             raise ConfigError(f"{key}: {e}") from None
     # prefetch_factor batches per worker are in flight; two more ring slots keep workers from waiting
-    dataset = ClipDataset(plan_spec, batch_spec, rank, world_size, ring_slots=cfg.prefetch_factor + 2)
+    ring_slots = cfg.prefetch_factor + 2
+    _check_shared_memory(cfg, batch_spec.clips_per_sample, ring_slots)
+    dataset = ClipDataset(plan_spec, batch_spec, rank, world_size, ring_slots=ring_slots)
     loader = ClipLoader(dataset, cfg.num_workers, cfg.prefetch_factor, device)
     if len(loader) == 0:
         total = loader.dataset.plan().total_samples

@@ -23,6 +23,11 @@ Resampled: each stream draws whole shards with replacement (shard of source s wi
 proportional to weight_s / samples_s, so a source's share of samples follows its weight) from
 (seed, epoch, rank, stream), and M = epoch_samples // (world_size * batch_size).
 
+Elastic resume (remainder.py): the rest of an epoch left by one layout (world_size, batch_size,
+streams) is re-split over another by the same rules 2-3, applied to the old streams' pending
+emissions instead of the virtual sequence, and read in the old buffers' order (no new shuffle).
+From the next epoch on, the plan above applies to the new layout.
+
 Nothing here depends on the number of DataLoader workers: a worker serves whole streams, so the
 batch sequence of a rank is the same for any worker count that divides S.
 """
@@ -71,6 +76,21 @@ class StreamPlan:
     batch_size: int
     seed: int  # per-sample seeds derive from (seed, input position)
     pad_from: int | None = None  # input positions from here on repeat the epoch's start (padding)
+    # elastic resume (remainder.py): per input position, the stream seed and input position its sample
+    # had in the epoch's original layout, and whether it was padding there
+    origin: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def sample_seed(self, pos: int) -> int:
+        """The seed a sample's clip positions and crops derive from."""
+        if self.origin is None:
+            return mix_seed(self.seed, pos)
+        seeds, positions, _ = self.origin
+        return mix_seed(int(seeds[pos]), int(positions[pos]))
+
+    def is_padding(self, pos: int) -> bool:
+        if self.origin is None:
+            return self.pad_from is not None and pos >= self.pad_from
+        return bool(self.origin[2][pos])
 
     @property
     def num_batches(self) -> int:
@@ -120,6 +140,14 @@ def buffer_shuffle_order(n_input: int, buffer: int, rng: np.random.Generator, n_
     while held and len(out) < n_output:
         emit()
     return np.asarray(out, dtype=np.int64)
+
+
+def stream_run(rank: int, stream: int, batches_per_rank: int, streams: int, batch_size: int) -> tuple[int, int]:
+    """[begin, end) of the positions stream `stream` of `rank` owns: the rank owns
+    [rank*M*B, (rank+1)*M*B), batch j goes to stream j % streams, each stream a contiguous run."""
+    before = sum(len(range(v, batches_per_rank, streams)) for v in range(stream))
+    begin = (rank * batches_per_rank + before) * batch_size
+    return begin, begin + len(range(stream, batches_per_rank, streams)) * batch_size
 
 
 class EpochPlan:
@@ -196,8 +224,7 @@ class EpochPlan:
             length = emitted + buffer - 1 if emitted else 0
             segments = self._drawn_segments(index, length)
         else:
-            before = sum(self.stream_batches(v) for v in range(index)) * size
-            begin = self.rank * self.batches_per_rank * size + before
+            begin, _ = stream_run(self.rank, index, self.batches_per_rank, spec.streams, size)
             segments = self._segments(begin, begin + emitted)
             length = emitted
             if begin + emitted > self.total_samples:
