@@ -24,7 +24,7 @@ import re
 import torch
 from torch import nn
 
-from pipeline.train.optim import no_decay_names
+from pipeline.train.optim import adamw, no_decay_names
 
 BLOCK_NAME = re.compile(r"^(.*?(?:blocks|stages\.\d+)\.\d+)\.")
 
@@ -77,4 +77,4 @@ def build_finetune_optimizer(model: nn.Module, lr: float, weight_decay: float, l
     for group in groups:
         group["base_lr"] = lr
         group["lr"] = lr * group["lr_scale"]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return adamw(groups, lr, betas)

@@ -20,12 +20,20 @@ def no_decay_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if any(k in n for k in NO_DECAY_NAMES)]
 
 
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """torch AdamW; its fused kernel (one launch for every tensor) when every parameter is on a
+    CUDA device - the trainer moves the model there before building the optimizer."""
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
                     betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_decay_names(model))
     for g in groups:
         g["base_lr"] = lr
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return adamw(groups, lr, betas)
 
 
 def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:

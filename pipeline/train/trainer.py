@@ -17,9 +17,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
@@ -29,12 +29,15 @@ from pipeline.config import ConfigError, PretrainConfig, to_dict
 from pipeline.data.loader import ClipLoader
 from pipeline.data.normalize import batch_to_device
 from pipeline.train import checkpoint as ck
-from pipeline.train.monitor import Monitor
+from pipeline.train.engine import make_engine
+from pipeline.train.monitor import Monitor, warn
 from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
 
 FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: steps whose loss becomes NaN, once per mention
 FAULT_CRASH_IN_SAVE = "VSSL_FAULT_CRASH_IN_SAVE"  # test hook: die mid-write of this step's checkpoint
 DEEPSPEED_TAG = "deepspeed"  # sub-folder of a checkpoint holding DeepSpeed's engine state
+STOP_FILE_ENV = "VSSL_STOP_FILE"  # a path: once it exists, checkpoint and exit at the next step
+MIN_LOSS_SCALE = 2.0 ** -8  # fp16: overflowing at a smaller loss scale counts as non-finite
 
 
 class TrainingError(RuntimeError):
@@ -50,32 +53,9 @@ class TrainResult:
     data_skipped: dict[str, int]  # samples the loader skipped, by reason
 
 
-def make_accelerator(train_cfg):
-    from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
-
-    on_gpu = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
-    precision = train_cfg.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if on_gpu and torch.cuda.is_bf16_supported() else "no"
-    timeout = timedelta(seconds=train_cfg.dist_timeout_s)
-    backend = "nccl" if on_gpu else "gloo"
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    handlers = [InitProcessGroupKwargs(backend=backend, timeout=timeout)] if distributed else []
-    # DeepSpeed on CPU (DS_ACCELERATOR=cpu) runs over gloo, but only if Accelerate is not forced to CPU mode
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    return Accelerator(mixed_precision=precision, cpu=not on_gpu and not deepspeed, kwargs_handlers=handlers)
-
-
 def _nan_steps() -> list[int]:
     text = os.environ.get(FAULT_NAN_STEPS, "")
     return [int(s) for s in text.split(",") if s.strip()]
-
-
-def _all_finite(acc, value: torch.Tensor) -> bool:
-    """True when `value` is finite on every rank (a collective: all ranks must call it)."""
-    bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0], device=acc.device)
-    return acc.reduce(bad, reduction="sum").item() == 0
 
 
 def _from_collective(e: BaseException) -> bool:
@@ -115,15 +95,10 @@ def _checkpoint_write(root: Path, step: int) -> Iterator[None]:
             f"free); the previous checkpoint is intact: {ck.latest_checkpoint(root)}") from None
 
 
-def _uses_deepspeed(acc) -> bool:
-    from accelerate.utils import DistributedType
-
-    return acc.distributed_type == DistributedType.DEEPSPEED
-
-
-def _save(acc, model, optimizer, loader, root: Path, step: int, cfg: PretrainConfig, extra: dict) -> None:
+def _save(engine, model, optimizer, loader, root: Path, step: int, cfg: PretrainConfig, extra: dict) -> None:
     """Every rank writes its own state; rank 0 writes the shared parts and commits the folder.
     Under DeepSpeed the (possibly partitioned) optimizer state is DeepSpeed's own checkpoint."""
+    acc = engine.acc
     tmp = root / f"step-{step:06d}.tmp"
     if acc.is_main_process:
         ck.begin_save(root, step)
@@ -135,12 +110,13 @@ def _save(acc, model, optimizer, loader, root: Path, step: int, cfg: PretrainCon
         ck.write_model(tmp, state_dict)
         if os.environ.get(FAULT_CRASH_IN_SAVE) == str(step):
             os._exit(137)
-        if not _uses_deepspeed(acc):
+        if not engine.deepspeed:
             ck.write_optimizer(tmp, optimizer.state_dict())
-    if _uses_deepspeed(acc):
+    if engine.deepspeed:
         model.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG)
     ck.write_rank_state(tmp, acc.process_index, {
-        "step": step, "rng": ck.rng_state(), "loader": loader.state_dict(), **extra})
+        "step": step, "rng": ck.rng_state(), "loader": loader.state_dict(),
+        "precision": engine.precision.state_dict(), **extra})
     acc.wait_for_everyone()
     if acc.is_main_process:
         ck.finish_save(tmp, step, {"config": to_dict(cfg), "world_size": acc.num_processes},
@@ -160,22 +136,79 @@ def _resume_folder(cfg: PretrainConfig, root: Path) -> Path | None:
     return folder
 
 
+def _rank_state(folder: Path, engine, monitor_warn) -> dict:
+    """This rank's saved state. A checkpoint from another number of processes (elastic resume)
+    gives every rank rank 0's loader position (the loader re-plans the rest of the epoch over the
+    new ranks) and fresh RNG streams; DeepSpeed's partitioned optimizer state cannot be re-split."""
+    acc = engine.acc
+    saved_world = int((ck.read_metadata(folder) or {}).get("world_size", acc.num_processes))
+    if saved_world == acc.num_processes:
+        return ck.load_rank_state(folder, acc.process_index)
+    if engine.deepspeed:
+        raise ConfigError(f"train.resume: {folder} was saved by {saved_world} DeepSpeed processes; its partitioned "
+                          f"optimizer state cannot resume on {acc.num_processes} (relaunch with {saved_world} "
+                          f"processes, or convert it with DeepSpeed's ds_to_universal)")
+    state = ck.load_rank_state(folder, 0)
+    monitor_warn(f"resuming a {saved_world}-process checkpoint on {acc.num_processes} processes: the data order "
+                 f"continues exactly, random draws (augmentation, masks' RNG) start afresh")
+    state["rng"] = None
+    return state
+
+
 def default_optimizer(objective: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.Optimizer:
     """AdamW over every trainable parameter (pipeline/train/optim.py)."""
     tc = cfg.train
     return build_optimizer(objective, tc.lr, tc.weight_decay, tuple(tc.betas))
 
 
+class _StopRequest:
+    """SIGUSR1 (what SLURM's --signal sends before a time limit) or the file that VSSL_STOP_FILE
+    names: checkpoint at the next step boundary and exit cleanly (recipes/slurm requeues)."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.file = os.environ.get(STOP_FILE_ENV)
+        try:
+            self._previous = signal.signal(signal.SIGUSR1, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def requested(self) -> bool:
+        return self.signalled or bool(self.file and os.path.exists(self.file))
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGUSR1, self._previous)
+
+
+def _agree(acc, values: list) -> list[float]:
+    """Sum of `values` (floats or 0-d device tensors) over ranks, read on the host: the step's one
+    collective and one host sync."""
+    flags = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=acc.device).reshape(()) for v in values])
+    if acc.num_processes > 1:
+        flags = acc.reduce(flags, reduction="sum")
+    return flags.tolist()
+
+
+def _finite_flag(x: torch.Tensor) -> torch.Tensor:
+    return (~torch.isfinite(x.detach().float())).any().float()
+
+
 def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=default_optimizer) -> TrainResult:
     """Run pretraining (or fine-tuning: any config with `data` and `train` sections).
     `build_objective(cfg) -> nn.Module` returns a module whose forward maps a batch to
-    (loss, logs); `build_loader(cfg, rank, world, objective) -> loader` returns an iterable of
-    batches with state_dict / load_state_dict / set_epoch / stats (a ClipLoader is told to hand its
-    batches over on the accelerator; any other loader's batches are moved there and a uint8
-    video normalised with data.mean/std); `make_optimizer(objective, cfg)` returns the optimizer
-    (its groups' `lr_scale` scale the scheduled lr)."""
+    (loss, logs) and may have `after_step()` (called after every optimizer update, on every rank)
+    and `flops(batch)` (for MFU); `build_loader(cfg, rank, world, objective) -> loader` returns an
+    iterable of batches with state_dict / load_state_dict / set_epoch / stats (a ClipLoader is told
+    to hand its batches over on the accelerator; any other loader's batches are moved there and a
+    uint8 video normalised with data.mean/std); `make_optimizer(objective, cfg)` returns the
+    optimizer (its groups' `lr_scale` scale the scheduled lr)."""
     tc = cfg.train
-    acc = make_accelerator(tc)
+    engine = make_engine(cfg)
+    acc = engine.acc
     torch.manual_seed(tc.seed + acc.process_index)
     out = Path(tc.output_dir)
     ckpt_root = out / "checkpoints"
@@ -183,39 +216,41 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
     loader = build_loader(cfg, acc.process_index, acc.num_processes, objective)
     if isinstance(loader, ClipLoader):
         loader.device = acc.device  # uint8 clips are normalised on the accelerator
+    if not engine.deepspeed:
+        objective.to(acc.device)  # before the optimizer, which then picks its fused CUDA kernels
     optimizer = make_optimizer(objective, cfg)
 
     resumed_from = None
     state: dict = {"epoch": 0, "nonfinite": 0}
     folder = _resume_folder(cfg, ckpt_root)
-    deepspeed = _uses_deepspeed(acc)
-    if deepspeed:
-        if tc.grad_accum != 1:
-            raise ConfigError("train.grad_accum: with DeepSpeed set gradient_accumulation_steps in its JSON instead")
-        ds = acc.state.deepspeed_plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = cfg.data.batch_size * cfg.data.repeated_samples
-        ds["gradient_clipping"] = tc.grad_clip
     if folder is not None:
         objective.load_state_dict(ck.load_model_state(folder))
-        if not deepspeed:
-            optimizer.load_state_dict(ck.load_optimizer_state(folder))
-    if tc.grad_checkpointing:
-        objective.set_grad_checkpointing(True)
     model, optimizer = acc.prepare(objective, optimizer)
+    monitor_warn = warn if acc.is_main_process else (lambda message: None)
     if folder is not None:
-        if deepspeed:
+        rank_state = _rank_state(folder, engine, monitor_warn)
+        if engine.deepspeed:
             model.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_module_strict=True)
-        rank_state = ck.load_rank_state(folder, acc.process_index)
-        ck.set_rng_state(rank_state["rng"])
+        else:  # after prepare: the state lands beside its parameters, Adam's step stays on the host
+            optimizer.load_state_dict(ck.load_optimizer_state(folder))
+        if rank_state["rng"] is not None:
+            ck.set_rng_state(rank_state["rng"])
+        else:
+            torch.manual_seed(tc.seed + 1_000_003 * rank_state["step"] + acc.process_index)
         loader.load_state_dict(rank_state["loader"])
+        engine.precision.load_state_dict(rank_state.get("precision", {}))
         state = {k: rank_state[k] for k in state}
         resumed_from = rank_state["step"]
-    if tc.compile:
-        model = torch.compile(model)
+    # forwards go through the compiled module; everything else (no_sync, DeepSpeed's backward and
+    # step, saving) through `model` itself: unwrapping a compiled DDP module for its state dict
+    # re-points the compiled module at the bare one, after which its forwards would skip DDP
+    compiled = torch.compile(model) if tc.compile else model
 
     step = resumed_from or 0
-    monitor = Monitor(cfg, acc, objective, resumed_from=step)
+    monitor = Monitor(cfg, acc, objective, resumed_from=step, zero3=engine.zero_stage == 3)
+    after_step = getattr(objective, "after_step", None)
     nan_steps = _nan_steps()
+    stop = _StopRequest()
     loader.set_epoch(state["epoch"])
     batches = iter(loader)
 
@@ -239,38 +274,70 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
                 raise TrainingError(f"step {step}: {empty} batches in a row held no usable sample "
                                     f"(skipped so far: {loader.stats()['skipped']})")
 
+    def forward(batch):
+        with engine.precision.autocast():
+            loss, logs = compiled(batch)
+        if step in nan_steps:
+            nan_steps.remove(step)
+            loss = loss * float("nan")
+        return loss, logs
+
+    def micro_steps():
+        """Forward and backward of train.grad_accum batches -> (mean loss, logs, last batch, wait,
+        loss_bad, stop). DDP all-reduces gradients only on the last; DeepSpeed, which steps inside
+        its last backward, has each loss checked on every rank before its backward runs (with the
+        stop request: one collective and one host sync per micro-step)."""
+        total, logs, batch, wait, bad, stop_now = 0.0, {}, None, 0.0, 0.0, 0.0
+        for micro in range(tc.grad_accum):
+            last = micro == tc.grad_accum - 1
+            t0 = time.perf_counter()
+            batch = next_batch()
+            wait += time.perf_counter() - t0
+            if engine.deepspeed:
+                loss, logs = forward(batch)
+                if bad:
+                    continue  # the step is dropped: its remaining batches are drawn, not trained on
+                bad, stop_now = _agree(acc, [_finite_flag(loss), float(stop.requested())])
+                if bad:
+                    continue
+                model.set_gradient_accumulation_boundary(last)
+                model.backward(loss)  # DeepSpeed scales by 1 / gradient_accumulation_steps itself
+                if last:
+                    model.step()
+            else:
+                with contextlib.nullcontext() if last else acc.no_sync(model):
+                    loss, logs = forward(batch)
+                    acc.backward(engine.precision.scale(loss / tc.grad_accum))
+            total = total + loss.detach().float() / tc.grad_accum
+        return total, logs, batch, wait, bad, stop_now
+
     loss_value = float("nan")
     try:
         while step < tc.max_steps:
             lr = cosine_lr(step, tc.lr, tc.warmup_steps, tc.max_steps, tc.min_lr)
             set_lr(optimizer, lr)
-            t_start = time.perf_counter()
-            wait = 0.0
-            total, logs, batch, finite = 0.0, {}, None, True
-            for micro in range(tc.grad_accum):
-                t0 = time.perf_counter()
-                batch = next_batch()
-                wait += time.perf_counter() - t0
-                sync = micro == tc.grad_accum - 1
-                with contextlib.nullcontext() if sync else acc.no_sync(model):
-                    with acc.autocast():
-                        loss, logs = model(batch)
-                    if step in nan_steps:
-                        nan_steps.remove(step)
-                        loss = loss * float("nan")
-                    # decided before backward (DeepSpeed steps inside backward), the same on every rank
-                    finite = _all_finite(acc, loss.detach())
-                    if not finite:
-                        break
-                    acc.backward(loss / tc.grad_accum)
-                total += loss.detach().float() / tc.grad_accum
-            grad_norm = float("nan")
-            if finite:
-                norm = acc.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
-                grad_norm = float(norm) if norm is not None else float("nan")
-                finite = deepspeed or _all_finite(acc, torch.as_tensor(grad_norm))
-            if not finite:
+            total, logs, batch, wait, loss_bad, stop_now = micro_steps()
+            grad_norm = None
+            if engine.deepspeed:
+                grad_bad = loss_bad
+                if loss_bad:
+                    model.zero_grad()
+            else:
+                engine.precision.unscale_(optimizer)
+                grad_norm = acc.clip_grad_norm_(model.parameters(), tc.grad_clip if tc.grad_clip > 0 else math.inf)
+                loss_bad, grad_bad, stop_now = _agree(acc, [_finite_flag(total), _finite_flag(grad_norm),
+                                                            float(stop.requested())])
+                overflow = grad_bad and not loss_bad and engine.precision.scaler is not None
+                if overflow or not (loss_bad or grad_bad):
+                    engine.precision.step(optimizer)  # fp16: the scaler skips an overflowed step, lowers its scale
                 optimizer.zero_grad(set_to_none=True)
+                if overflow:
+                    scale = engine.precision.scaler.get_scale()
+                    monitor.warn(f"step {step}: fp16 gradients overflowed; update skipped, loss scale now {scale:g}")
+                    if scale >= MIN_LOSS_SCALE:
+                        continue
+                    grad_bad = True  # scaled down to nothing and still overflowing: not an overflow
+            if loss_bad or grad_bad:
                 state["nonfinite"] += 1
                 monitor.warn(f"step {step}: non-finite loss or gradient, update skipped "
                              f"({state['nonfinite']}/{tc.max_nonfinite_retries})")
@@ -281,15 +348,28 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
                         f"writing a checkpoint; last good one: {ck.latest_checkpoint(ckpt_root)}")
                 continue
             state["nonfinite"] = 0
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
             step += 1
-            loss_value = acc.reduce(total.to(acc.device), reduction="mean").item()
-            monitor.step(step, loss_value, lr, grad_norm, logs, batch, model,
-                         step_time=time.perf_counter() - t_start, data_wait=wait, loader=loader)
-            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+            monitor.accumulate(total, grad_norm, logs, batch["video"].shape[0] * tc.grad_accum * acc.num_processes,
+                               wait)
+            last_step = step == tc.max_steps or stop_now
+            if step % tc.log_every == 0 or last_step:
+                extra = {}
+                if engine.deepspeed:
+                    extra["grad_norm"] = float(model.get_global_grad_norm() or float("nan"))
+                if engine.precision.scaler is not None:
+                    extra["loss_scale"] = float(engine.precision.scaler.get_scale())
+                loss_value = monitor.flush(step, lr, loader, batch, extra)["loss"]
+            if step % tc.image_every == 0 or step == tc.max_steps:
+                monitor.picture(step, batch)
+            if step % tc.checkpoint_every == 0 or last_step:
                 with _checkpoint_write(ckpt_root, step):
-                    _save(acc, model, optimizer, loader, ckpt_root, step, cfg, state)
+                    _save(engine, model, optimizer, loader, ckpt_root, step, cfg, state)
+            if stop_now:
+                monitor.warn(f"step {step}: stop requested (SIGUSR1 or {STOP_FILE_ENV}); checkpoint written, "
+                             f"exiting; re-run the same command to resume")
+                break
     except Exception as e:
         if acc.num_processes > 1 and _from_collective(e):
             raise TrainingError(
@@ -298,6 +378,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
                 f"{ck.latest_checkpoint(ckpt_root)}; relaunch the job to resume from it") from None
         raise
     finally:
+        stop.close()
         monitor.close()
     acc.wait_for_everyone()
     acc.end_training()
