@@ -12,8 +12,8 @@ from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
 from pipeline.cli import main
 from pipeline.config import PretrainConfig, load_config
+from pipeline.models.build import load_encoder
 from pipeline.models.checkpoint import CheckpointError, save_backbone
-from pipeline.tasks.encoder_init import load_encoder
 from pipeline.train import checkpoint as ck
 from pipeline.train.pretrain_cli import build_objective, build_train_loader
 from pipeline.train.trainer import train

@@ -149,25 +149,3 @@ def test_convert_cli_writes_a_loadable_folder(tmp_path, hf_folder, capsys):
     assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vssl convert: error:") and "no such file or folder" in err and "\n" not in err
-
-
-def test_model_config_section_builds_backbones(tmp_path):
-    from pipeline.config import ConfigError, ModelConfig, PretrainConfig, load_config
-    from pipeline.models.build import build_backbone
-
-    cfg = load_config(PretrainConfig, None, ["model.name=vit_tiny_sparse", "model.grad_checkpointing=true",
-                                             "model.overrides={depth: 1, embed_dim: 32, num_heads: 2}"])
-    model = build_backbone(cfg.model)
-    assert model.attention == "sparse" and model.grad_checkpointing and len(model.blocks) == 1
-    save_backbone(model, tmp_path / "b")
-    again = build_backbone(ModelConfig(pretrained=str(tmp_path / "b"), overrides={"num_frames": 8}))
-    assert again.attention == "sparse" and again.num_frames == 8
-    with pytest.raises(ConfigError, match="model.name: unknown model 'vit_tiny_rope'"):
-        build_backbone(ModelConfig(name="vit_tiny_rope"))
-    with pytest.raises(ConfigError, match="model.overrides: window: applies to sparse attention only"):
-        build_backbone(ModelConfig(overrides={"window": [2, 2, 2]}))
-    with pytest.raises(ConfigError, match="model.pretrained: no such file or folder"):
-        load_config(PretrainConfig, None, [f"model.pretrained={tmp_path / 'nothing'}"])
-    (tmp_path / "b" / "backbone.json").write_text("{}")
-    with pytest.raises(ConfigError, match="model.pretrained: .*not a vssl-backbone v1 file"):
-        build_backbone(ModelConfig(pretrained=str(tmp_path / "b")))

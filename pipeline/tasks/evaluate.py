@@ -16,7 +16,7 @@ data.eval_clips x data.eval_crops) and task.davis_root.
     tracking        template = first frame's box, search = every later frame (OTB one-pass):
                     success AUC, precision@20px; truth | prediction box strips
     propagation     label propagation on a DAVIS-layout folder (no training): J, F, J&F; the
-                    checkpoint may be any encoder pipeline/tasks/encoder_init.py reads, or none
+                    checkpoint may be any encoder pipeline/models/build.py load_encoder reads, or none
                     (a fresh model.name: the untrained baseline); truth | prediction strips.
                     task.propagation_scale > 1 enlarges small videos first, so an object spans
                     several token cells (64 px synthetic frames: 2-4)
@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from pipeline.config import ConfigError, FinetuneConfig, from_dict, to_dict
 from pipeline.data.normalize import normalize_video
 from pipeline.models.base import VideoBackbone
+from pipeline.models.build import build_encoder, load_encoder, run_kind, step_folder
 from pipeline.models.checkpoint import CheckpointError, build_model, load_checked, read_safetensors
 from pipeline.tasks import davis, metrics, overlays
-from pipeline.tasks.encoder_init import load_encoder, run_kind, step_folder
-from pipeline.tasks.finetune import IGNORE_INDEX, build_encoder, build_task_model
+from pipeline.tasks.finetune import IGNORE_INDEX, build_task_model
 from pipeline.tasks.heads import TaskModel
 from pipeline.tasks.label_subset import source_classes
 from pipeline.tasks.propagation import (PropagationConfig, PropagationResult, evaluate_sequence, segment_sequence,
@@ -236,7 +236,7 @@ def propagation_encoder(cfg: FinetuneConfig, checkpoint: str | Path | None) -> t
     """(encoder, what it is): a fine-tuned model's encoder, any encoder checkpoint, or none given:
     the recipe's model (model.pretrained, else a fresh model.name)."""
     if checkpoint is None:
-        return build_encoder(cfg), "recipe model"
+        return build_encoder(cfg.model, cfg.data.num_frames, cfg.data.crop_size), "recipe model"
     folder = step_folder(checkpoint)
     if folder is not None and run_kind(run_checkpoint.read_metadata(folder)["config"]) == "finetune":
         return load_finetuned(folder)[1].encoder, "fine-tuned encoder"

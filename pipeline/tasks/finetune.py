@@ -6,9 +6,10 @@
 
 `prepare(cfg)` settles everything a run depends on before training starts, and writes it into
 the config the trainer records (run.json, every checkpoint's metadata.json):
-- the encoder: `model.pretrained` (what --init sets; any kind pipeline/tasks/encoder_init.py
-  reads) or model.name from scratch; model.name/overrides become its full constructor config,
-  so `vssl eval` rebuilds the exact architecture from the checkpoint alone;
+- the encoder: pipeline/models/build.py's build_encoder, from `model.pretrained` (what --init
+  sets; any checkpoint kind load_encoder reads) or model.name from scratch; model.name/overrides
+  become its full constructor config (recorded_model), so `vssl eval` rebuilds the exact
+  architecture from the checkpoint alone;
 - task.num_classes: the manifest's class count (classification), 2 (segmentation);
 - task.label_fraction < 1: data.shards becomes the labelled subset (pipeline/tasks/label_subset.py).
 
@@ -34,9 +35,8 @@ from torch import Tensor, nn
 
 from pipeline.config import ConfigError, FinetuneConfig
 from pipeline.models.base import VideoBackbone
-from pipeline.models.checkpoint import CheckpointError
+from pipeline.models.build import build_encoder, recorded_model
 from pipeline.objectives.common import to_uint8_frames
-from pipeline.tasks.encoder_init import load_encoder
 from pipeline.tasks.heads import AttentiveProbe, LinearHead, LinearSegHead, SegDecoder, TaskModel
 from pipeline.tasks.label_subset import source_classes, write_label_subset
 from pipeline.tasks.layer_decay import build_finetune_optimizer
@@ -175,26 +175,10 @@ def make_optimizer(objective: nn.Module, cfg: FinetuneConfig) -> torch.optim.Opt
     return build_finetune_optimizer(objective.model, tc.lr, tc.weight_decay, cfg.task.layer_decay, tuple(tc.betas))
 
 
-def build_encoder(cfg: FinetuneConfig) -> VideoBackbone:
-    """model.pretrained (with model.overrides) or a fresh model.name at the data's clip size."""
-    if cfg.model.pretrained:
-        try:
-            encoder, report = load_encoder(cfg.model.pretrained, cfg.model.overrides)
-        except CheckpointError as e:
-            hint = f" (model.overrides {cfg.model.overrides} apply to its architecture)" if cfg.model.overrides else ""
-            raise ConfigError(f"model.pretrained: {e}{hint}") from None
-        print("\n".join(report.lines()), flush=True)
-        return encoder
-    from pipeline.train.pretrain_cli import build_encoder as registry_encoder
-
-    return registry_encoder(cfg)
-
-
 def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, VideoBackbone]:
     """(the config to record, the encoder): see the module docstring."""
-    encoder = build_encoder(cfg)
-    config = dict(encoder.config)
-    model = dataclasses.replace(cfg.model, name=config.pop("name"), overrides=config)
+    encoder = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.crop_size)
+    model = recorded_model(cfg.model, encoder)
     task, data = cfg.task, cfg.data
     if task.kind == "classification" and not task.num_classes:
         classes = source_classes(data.shards, data.manifest)

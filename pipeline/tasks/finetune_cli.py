@@ -5,7 +5,7 @@
     vssl finetune recipes/finetune/segmentation.yaml            # no --init: from scratch
 
 --init takes a `vssl pretrain` run or step folder, a backbone folder or any checkpoint
-`vssl convert` reads (pipeline/tasks/encoder_init.py); it sets model.pretrained. Training is
+`vssl convert` reads (pipeline/models/build.py: load_encoder); it sets model.pretrained. Training is
 pipeline/train/trainer.py (auto-resume, checkpoints, metrics.jsonl, TensorBoard, pictures in
 train.output_dir). --eval then runs `vssl eval` on the last checkpoint with the same recipe.
 """

@@ -9,6 +9,7 @@ start over). Under `accelerate launch` every process runs this same command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from pipeline.config import ConfigError, PretrainConfig, load_config
@@ -20,24 +21,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a recipe value, e.g. --set train.max_steps=10 (repeatable)")
 
 
-def build_encoder(cfg: PretrainConfig):
-    from pipeline.models import create_model
+def recorded_config(cfg: PretrainConfig) -> PretrainConfig:
+    """The config to train with and record (run.json, every checkpoint's metadata.json): with
+    model.pretrained, model.name/overrides spell out the checkpoint's architecture
+    (build.recorded_model), so `vssl finetune --init` rebuilds this run's encoder from its own
+    checkpoints. That costs one more load of the weights; from-scratch configs pass unchanged."""
+    from pipeline.models.build import pretrained_encoder, recorded_model
 
-    kwargs = {"num_frames": cfg.data.num_frames, "img_size": cfg.data.crop_size, **cfg.model.overrides}
-    try:
-        return create_model(cfg.model.name, **kwargs)
-    except KeyError as e:
-        raise ConfigError(str(e.args[0])) from None
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model: cannot build {cfg.model.name!r} with {kwargs} (num_frames is data.num_frames, "
-                          f"img_size data.crop_size): {e}") from None
+    if not cfg.model.pretrained:
+        return cfg
+    return dataclasses.replace(cfg, model=recorded_model(cfg.model, pretrained_encoder(cfg.model)[0]))
 
 
 def build_objective(cfg: PretrainConfig):
+    """The objective on build_encoder's encoder at the clip size of `data`."""
+    from pipeline.models.build import build_encoder
     from pipeline.objectives.predictive import NextFramePredictive
     from pipeline.objectives.videomae import VideoMAE
 
-    encoder = build_encoder(cfg)
+    encoder = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.crop_size)
     if cfg.objective.name == "videomae":
         if cfg.data.mask_type == "none":
             raise ConfigError("data.mask_type: videomae needs a mask (tube, random, running_cell or multiblock)")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if not cfg.data.shards:
         raise ConfigError("data.shards: no shards given (set it in the recipe or with --set data.shards=PATH)")
     try:
-        result = train(cfg, build_objective, build_train_loader)
+        result = train(recorded_config(cfg), build_objective, build_train_loader)
     except (TrainingError, CheckpointError) as e:
         print(f"vssl pretrain: error: {e}", file=sys.stderr, flush=True)
         return 1
