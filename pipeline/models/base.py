@@ -89,6 +89,15 @@ class VideoBackbone(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def freeze_unused(self, *, masked: bool, pooled: bool) -> None:
+        """requires_grad_(False) on what a caller's training step never uses, so that every
+        trainable parameter gets a gradient in every step (DistributedDataParallel refuses the step
+        after one that left a parameter out). `masked`: the caller passes masks (else the mask
+        token, the one parameter used only for hidden tokens, is frozen); `pooled`: the caller reads
+        `BackboneOutput.pooled` (subclasses freeze what only the pooled vector passes through)."""
+        if not masked and isinstance(getattr(self, "mask_token", None), nn.Parameter):
+            self.mask_token.requires_grad_(False)
+
     def flops(self, num_frames: int, height: int, width: int, mask: Tensor | None = None) -> int:
         """Forward FLOPs of one clip, measured (subclasses may count analytically)."""
         from torch.utils.flop_counter import FlopCounterMode

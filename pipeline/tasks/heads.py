@@ -18,7 +18,9 @@ Each head says what it consumes (`head.consumes`):
     "frame_pair"  per-frame feature maps of a template and a search      TrackingHead
                   frame (pipeline/tasks/features.py: frame_features)
 A frozen encoder runs without autograd and stays in eval mode whatever `train()` is called with,
-so dropout / stochastic depth never touch linear-probe features.
+so dropout / stochastic depth never touch linear-probe features. Encoder parameters no head
+reaches (the mask token; a norm of the pooled vector alone, for heads that read tokens) are
+frozen (VideoBackbone.freeze_unused).
 """
 
 from __future__ import annotations
@@ -154,9 +156,7 @@ class TaskModel(nn.Module):
         if freeze_encoder:
             encoder.requires_grad_(False)
             encoder.eval()
-        mask_token = getattr(encoder, "mask_token", None)
-        if isinstance(mask_token, nn.Parameter):  # pretraining's: tasks never mask, and DDP refuses unused params
-            mask_token.requires_grad_(False)
+        encoder.freeze_unused(masked=False, pooled=head.consumes == "pooled")  # tasks never mask
 
     def train(self, mode: bool = True) -> TaskModel:
         super().train(mode)

@@ -132,6 +132,11 @@ class VideoViT(VideoBackbone):
         td = self.config["temporal_depth"]
         return max(1, self.config["depth"] // 3) if td is None else td
 
+    def freeze_unused(self, *, masked: bool, pooled: bool) -> None:
+        super().freeze_unused(masked=masked, pooled=pooled)
+        if self.final_norm == "pooled" and not pooled:  # fc_norm: only the pooled vector passes it
+            self.norm.requires_grad_(False)
+
     # -- positions and masks ------------------------------------------------------------------
 
     def position_embedding(self, grid: tuple[int, int, int]) -> Tensor:
