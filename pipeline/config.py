@@ -313,7 +313,7 @@ class ModelConfig:
     With `pretrained` (a backbone folder, or any checkpoint `vssl convert` reads) the checkpoint
     decides the architecture and `name` is not consulted; `overrides` still apply (e.g.
     num_frames, which resamples learned positions, or drop_path_rate).
-    pipeline.models.build.build_backbone(cfg) turns this section into a model.
+    pipeline.models.build.build_encoder(cfg, num_frames, img_size) turns this section into a model.
     """
 
     name: str = "vit_tiny_joint"
@@ -431,9 +431,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 disables
     grad_accum: int = 1
-    mixed_precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | no | bf16 | fp16
+    device: str = "auto"  # auto | cuda | cpu (pipeline/train/engine.py: a GPU meant and missing is an error)
+    # auto: the launcher's --mixed_precision if given, else bf16 on a GPU, fp32 on the CPU | no | bf16 | fp16
+    mixed_precision: str = "auto"
     compile: bool = False
-    grad_checkpointing: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend: inductor | aot_eager (graph capture, no codegen)
     checkpoint_every: int = 50
     keep_last: int = 3
     log_every: int = 1
@@ -441,10 +443,17 @@ class TrainConfig:
     max_nonfinite_retries: int = 3
     resume: str = "auto"  # auto: latest complete checkpoint in output_dir | never | a folder
     dist_timeout_s: float = 600.0
+    peak_tflops: float = 0.0  # the device's dense bf16 peak for MFU; 0: from the GPU's name where known
 
     def validate(self) -> None:
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision: must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        _choice("train.device", self.device, ("auto", "cuda", "cpu"))
+        _choice("train.compile_backend", self.compile_backend, ("inductor", "aot_eager"))
+        if self.compile_backend != "inductor" and not self.compile:
+            raise ConfigError("train.compile_backend: set train.compile=true to use it")
+        if self.peak_tflops < 0:
+            raise ConfigError(f"train.peak_tflops: must be >= 0, got {self.peak_tflops}")
         for name in ("max_steps", "grad_accum", "checkpoint_every", "log_every", "image_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}: must be >= 1, got {getattr(self, name)}")

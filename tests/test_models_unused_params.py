@@ -72,6 +72,8 @@ def _objective_cases():
         for objective in OBJECTIVES:
             if objective == "videomae_latent" and backbone in MULTISCALE_CASES:
                 continue  # refused: a coarser final grid has no token per latent target
+            if objective == "videomae_decoder_mask" and backbone in MULTISCALE_CASES + ("vit_mask_token",):
+                continue  # refused: a mask-token encoder's decoder sees its whole final grid
             yield backbone, objective
 
 

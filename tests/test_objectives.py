@@ -134,7 +134,8 @@ def test_videomae_latent_target_regresses_the_ema_tokens_of_hidden_positions(mas
                                             latent_norm=latent_norm))
     video, mask = torch.randn(2, 3, 8, 32, 32), _mask(encoder)
     loss, logs, _ = obj.reconstruct(video, mask)
-    torch.testing.assert_close(float(loss.detach()), logs["pixel_mse"] + 0.5 * logs["latent_mse"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(float(loss.detach()), float(logs["pixel_mse"] + 0.5 * logs["latent_mse"]),
+                               rtol=1e-5, atol=1e-6)
     grid = encoder.token_grid(8, 32, 32)
     with torch.no_grad():
         tokens = obj.target_encoder(video).tokens  # (B, N, D), all positions
@@ -148,8 +149,9 @@ def test_videomae_latent_target_regresses_the_ema_tokens_of_hidden_positions(mas
             dec, ids = obj._decode_visible_only(out.tokens, mask, grid)
             assert mask.gather(1, ids).all()  # the regressed positions are the hidden ones
             err2 = ((obj.latent_head(dec) - wanted.gather(1, ids[..., None].expand(-1, -1, wanted.shape[-1]))) ** 2)
-    torch.testing.assert_close(logs["latent_mse"], float(err2.mean()), rtol=1e-4, atol=1e-6)
-    # training steps move the EMA encoder towards the online one; it never gets a gradient
+    torch.testing.assert_close(float(logs["latent_mse"]), float(err2.mean()), rtol=1e-4, atol=1e-6)
+    # each optimizer step's after_step moves the EMA encoder towards the online one (the trainer
+    # calls it); it never gets a gradient, and a forward alone does not move it
     opt = torch.optim.AdamW([p for p in obj.parameters() if p.requires_grad], lr=3e-3)
     before = [t.clone() for t in obj.target_encoder.parameters()]
     for _ in range(3):
@@ -157,13 +159,13 @@ def test_videomae_latent_target_regresses_the_ema_tokens_of_hidden_positions(mas
         opt.zero_grad()
         loss.backward()
         opt.step()
+        obj.after_step()
     assert all(t.grad is None for t in obj.target_encoder.parameters())
     moved = sum((t - b).abs().sum() for t, b in zip(obj.target_encoder.parameters(), before))
     gap = sum((t - s).abs().sum() for t, s in zip(obj.target_encoder.parameters(), encoder.parameters()))
     assert moved > 0 and 0 < gap < sum(s.abs().sum() for s in encoder.parameters())
-    obj.eval()
     frozen = [t.clone() for t in obj.target_encoder.parameters()]
-    obj({"video": video, "mask": mask})  # evaluation does not update the EMA encoder
+    obj({"video": video, "mask": mask})  # a forward does not update the EMA encoder
     assert all(torch.equal(t, f) for t, f in zip(obj.target_encoder.parameters(), frozen))
     with pytest.raises(Exception, match="objective.latent_norm"):
         ObjectiveConfig(latent_norm="batch").validate()
@@ -185,7 +187,7 @@ def test_videomae_precision_weighting_is_the_gaussian_nll_of_hidden_tokens(name,
     err2 = ((full - obj.targets(video)) ** 2).mean(-1)[mask].detach()
     # the head starts at precision 1 (s = 0): the loss is half the hidden tokens' mean squared error
     torch.testing.assert_close(float(loss.detach()), 0.5 * float(err2.mean()), rtol=1e-5, atol=1e-7)
-    assert logs["precision"] == 1.0 and logs["pixel_mse"] == pytest.approx(float(err2.mean()), rel=1e-5)
+    assert float(logs["precision"]) == 1.0 and float(logs["pixel_mse"]) == pytest.approx(float(err2.mean()), rel=1e-5)
     torch.nn.init.normal_(obj.precision_head.weight, std=0.5)
     loss, _, full = obj.reconstruct(video, mask)
     with torch.no_grad():
@@ -231,6 +233,11 @@ def test_videomae_latent_target_refuses_a_coarser_final_grid():
         VideoMAE(create_model("mvit_tiny", num_frames=8, img_size=64), ObjectiveConfig(**DEC, latent_target=True))
 
 
+def test_videomae_decoder_masking_is_refused_where_it_would_do_nothing():
+    with pytest.raises(ValueError, match="objective.decoder_mask_ratio: decoder masking needs a visible-only"):
+        VideoMAE(create_model("mvit_tiny", num_frames=8, img_size=64), ObjectiveConfig(**DEC, decoder_mask_ratio=0.5))
+
+
 def test_causal_mask_and_no_peeking_at_the_future():
     allowed = causal_time_mask(torch.tensor([0, 0, 1, 2])) == 0
     assert allowed.tolist() == [[True, True, False, False], [True, True, False, False],
@@ -264,6 +271,7 @@ def test_predictive_learns_and_ema_target_follows():
         opt.zero_grad()
         loss.backward()
         opt.step()
+        obj.after_step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] and "latent_mse" in logs
     with torch.no_grad():

@@ -159,11 +159,51 @@ def ema_copy(encoder: nn.Module) -> nn.Module:
     return copy.deepcopy(encoder).requires_grad_(False)
 
 
+_ZERO3_GATHER_ELEMENTS = 1 << 26  # ema_update under ZeRO-3: weights gathered at once (256 MiB fp32)
+
+
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameter by parameter."""
-    for t, s in zip(target.parameters(), online.parameters()):
-        t.lerp_(s.detach(), 1 - momentum)
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter.
+
+    Under DeepSpeed ZeRO-3 a rank holds only its partition of each parameter (the module's
+    tensors are empty): parameters are gathered in chunks of about 64M elements, every rank
+    computes the same update, and rank 0's result is partitioned back. Every rank must call it
+    there (the gathers are collective)."""
+    pairs = list(zip(target.parameters(), online.parameters()))
+    if not any(hasattr(t, "ds_id") for t, _ in pairs):
+        torch._foreach_lerp_([t for t, _ in pairs], [s.detach() for _, s in pairs], 1 - momentum)
+        return
+    import deepspeed
+
+    chunks, size = [[]], 0
+    for t, s in pairs:
+        chunks[-1].append((t, s))
+        size += t.ds_numel
+        if size >= _ZERO3_GATHER_ELEMENTS:
+            chunks, size = chunks + [[]], 0
+    for chunk in filter(None, chunks):
+        ts, ss = [t for t, _ in chunk], [s for _, s in chunk]
+        with deepspeed.zero.GatheredParameters(ss, modifier_rank=None), \
+                deepspeed.zero.GatheredParameters(ts, modifier_rank=0):
+            torch._foreach_lerp_(ts, ss, 1 - momentum)
+
+
+def transformer_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> int:
+    """Forward FLOPs (2 per multiply-add) of `depth` transformer layers on `tokens` tokens of width
+    `dim`: per layer the qkv, output and two MLP Linears, 2*(4 + 2*mlp_ratio)*n*d^2, and the two
+    attention matmuls (scores and weighted sum), 4*n^2*d. Norms, softmax and adds are left out."""
+    return int(depth * (2 * (4 + 2 * mlp_ratio) * tokens * dim * dim + 4 * tokens * tokens * dim))
+
+
+def linear_flops(tokens: int, d_in: int, d_out: int) -> int:
+    return 2 * tokens * d_in * d_out
+
+
+def step_flops(trained: int, frozen: int) -> int:
+    """FLOPs of one training step from forward FLOPs: a module that learns costs its forward and
+    a backward of about twice that; a no-grad module (the EMA target encoder) its forward only."""
+    return 3 * trained + frozen
 
 
 @torch.no_grad()

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone
 from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, heat_rgb, init_weights,
-                                        latent_targets, log_precision, normalize_patches, patchify, picture_rows,
-                                        sincos_pos_embed, target_video, to_uint8_frames, transformer, unpatchify,
-                                        upsample_tokens)
+                                        latent_targets, linear_flops, log_precision, normalize_patches, patchify,
+                                        picture_rows, sincos_pos_embed, target_video, to_uint8_frames, transformer,
+                                        transformer_flops, unpatchify, upsample_tokens)
 from pipeline.objectives.videomae import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -41,6 +41,7 @@ class NextFramePredictive(nn.Module):
         super().__init__()
         self.encoder, self.cfg, self.channels = encoder, cfg, channels
         self.mean, self.std = tuple(mean), tuple(std)
+        encoder.freeze_unused(masked=False, pooled=False)  # the context is encoded unmasked
         d, width = cfg.decoder_dim, encoder.num_features
         self.proj = nn.Linear(width, d)
         self.query = nn.Parameter(torch.zeros(1, 1, d))
@@ -61,9 +62,6 @@ class NextFramePredictive(nn.Module):
                 nn.init.zeros_(head.weight)  # start at precision 1 everywhere
         nn.init.trunc_normal_(self.query, std=0.02)
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.set_grad_checkpointing(enable)
-
     def split(self, video: Tensor) -> tuple[Tensor, Tensor]:
         cut = video.shape[2] - self.cfg.predict_steps * self.encoder.output_stride[0]
         if cut < self.encoder.patch_size[0]:
@@ -72,11 +70,26 @@ class NextFramePredictive(nn.Module):
         return video[:, :, :cut], video[:, :, cut:]
 
     @torch.no_grad()
-    def update_target(self) -> None:
-        """EMA update of the target encoder; runs once per training forward (it lags one step)."""
-        if not self.cfg.latent_target:
-            return
-        ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
+    def after_step(self) -> None:
+        """After each optimizer update (the trainer calls it on every rank): the EMA target
+        encoder moves towards the updated encoder."""
+        if self.cfg.latent_target:
+            ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
+
+    def flops(self, batch: dict) -> tuple[int, int]:
+        """Forward FLOPs of one clip: (modules that learn, the no-grad EMA target encoder).
+        Analytic: the encoder's count on the context frames, the predictor as transformer_flops
+        on context + query tokens (the causal mask does not save FLOPs), and the heads."""
+        t, h, w = batch["video"].shape[2:]
+        enc, width, d, k = self.encoder, self.encoder.num_features, self.cfg.decoder_dim, self.cfg.predict_steps
+        stride = enc.output_stride
+        context = t - k * stride[0]
+        n_ctx = (context // stride[0]) * (h // stride[1]) * (w // stride[2])
+        queries = k * (h // stride[1]) * (w // stride[2])
+        per_query = self.pixel_head.out_features + 1 + ((width + 1) if self.cfg.latent_target else 0)
+        trained = (enc.flops(context, h, w) + linear_flops(n_ctx, width, d)
+                   + transformer_flops(n_ctx + queries, d, self.cfg.decoder_depth) + linear_flops(queries, d, per_query))
+        return trained, enc.flops(t, h, w) if self.cfg.latent_target else 0
 
     def future_target(self, video: Tensor) -> Tensor:
         """The future part of what is predicted (objective.target): frames, frame differences or
@@ -115,14 +128,12 @@ class NextFramePredictive(nn.Module):
     def forward(self, batch: dict) -> tuple[Tensor, dict]:
         r = self.predict(batch["video"])
         pixel_nll = gaussian_nll(r["err2"], r["log_precision"].float()).mean()
-        logs = {"pixel_mse": float(r["err2"].detach().mean()), "precision": float(r["log_precision"].detach().exp().mean())}
+        logs = {"pixel_mse": r["err2"].detach().mean(), "precision": r["log_precision"].detach().exp().mean()}
         loss = pixel_nll
         if self.cfg.latent_target:
             latent_nll = gaussian_nll(r["latent_err2"], r["latent_log_precision"].float()).mean()
             loss = loss + self.cfg.latent_weight * latent_nll
-            logs["latent_mse"] = float(r["latent_err2"].detach().mean())
-        if self.training:
-            self.update_target()
+            logs["latent_mse"] = r["latent_err2"].detach().mean()
         return loss, logs
 
     @staticmethod

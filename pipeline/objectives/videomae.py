@@ -35,6 +35,8 @@ every pixel of its output_stride region, and the loss is taken on the hidden tub
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -42,9 +44,9 @@ from torch import Tensor, nn
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone, is_tube_mask
 from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, init_weights,
-                                        latent_targets, log_precision, normalize_patches, patchify,
-                                        picture_rows, sincos_pos_embed, target_video, to_uint8_frames,
-                                        transformer, unpatchify)
+                                        latent_targets, linear_flops, log_precision, normalize_patches,
+                                        patchify, picture_rows, sincos_pos_embed, target_video,
+                                        to_uint8_frames, transformer, transformer_flops, unpatchify)
 from pipeline.data.masking import running_cell_mask
 from pipeline.objectives.guided_masking import guided_tube_mask
 
@@ -58,9 +60,12 @@ class VideoMAE(nn.Module):
         super().__init__()
         self.encoder, self.cfg, self.channels = encoder, cfg, channels
         self.mean, self.std = tuple(mean), tuple(std)
+        encoder.freeze_unused(masked=True, pooled=False)
         d = cfg.decoder_dim
         self.proj = nn.Linear(encoder.num_features, d)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        # the decoder's query at hidden positions; a mask-token encoder's output already has them
+        visible_only = encoder.mask_mode == "visible_only"
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d)) if visible_only else None
         self.decoder = transformer(d, cfg.decoder_depth, cfg.decoder_heads)
         self.norm = nn.LayerNorm(d)
         stride = encoder.output_stride
@@ -69,6 +74,9 @@ class VideoMAE(nn.Module):
         if cfg.precision_weighted:
             self.precision_head = nn.Linear(d, 1)
             modules.append(self.precision_head)
+        if cfg.decoder_mask_ratio > 0 and not visible_only:
+            raise ValueError(f"objective.decoder_mask_ratio: decoder masking needs a visible-only encoder; "
+                             f"{encoder.config.get('name', type(encoder).__name__)} decodes its full final grid")
         if cfg.latent_target:
             if tuple(encoder.output_stride) != tuple(encoder.patch_size):
                 raise ValueError(f"objective.latent_target: needs a backbone whose final grid is its embedding grid "
@@ -80,10 +88,8 @@ class VideoMAE(nn.Module):
         init_weights(nn.ModuleList(modules))
         if cfg.precision_weighted:
             nn.init.zeros_(self.precision_head.weight)  # start at precision 1 everywhere
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.encoder.set_grad_checkpointing(enable)
+        if visible_only:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     def targets(self, video: Tensor) -> Tensor:
         target = patchify(target_video(video, self.cfg.target), self.encoder.patch_size)
@@ -130,9 +136,37 @@ class VideoMAE(nn.Module):
             num_visible = int((~mask[0]).sum()) // grid[0]
             mask = guided_tube_mask(video, self.encoder.patch_size, num_visible, self.cfg.guide_strength)
         loss, logs, _ = self.reconstruct(video, mask)
-        if self.training and self.cfg.latent_target:
-            ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)  # lags one step
         return loss, logs
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """After each optimizer update (the trainer calls it on every rank): the EMA target
+        encoder moves towards the updated encoder."""
+        if self.cfg.latent_target:
+            ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
+
+    def flops(self, batch: dict) -> tuple[int, int]:
+        """Forward FLOPs of one clip of `batch` (its first mask row): (modules that learn, the
+        no-grad EMA target encoder). Analytic: the encoder's own count (visible tokens only for
+        visible-only encoders), the decoder as transformer_flops on its sequence, and its heads."""
+        video, mask = batch["video"], batch["mask"][:1]
+        t, h, w = video.shape[2:]
+        enc, width, d = self.encoder, self.encoder.num_features, self.cfg.decoder_dim
+        per_token = self.head.out_features + (1 if self.cfg.precision_weighted else 0) \
+            + (width if self.cfg.latent_target else 0)
+        if enc.mask_mode == "visible_only":
+            encoder = enc.flops(t, h, w, mask=mask)
+            n_hidden = int(mask.sum())
+            n_visible = mask.shape[1] - n_hidden
+            decoded = n_hidden if self.cfg.decoder_mask_ratio <= 0 else \
+                max(1, round((1 - self.cfg.decoder_mask_ratio) * n_hidden))
+            inputs, sequence = n_visible, n_visible + decoded
+        else:
+            encoder = enc.flops(t, h, w)
+            inputs = sequence = decoded = math.prod(g // s for g, s in zip((t, h, w), enc.output_stride))
+        trained = (encoder + linear_flops(inputs, width, d) + transformer_flops(sequence, d, self.cfg.decoder_depth)
+                   + linear_flops(decoded, d, per_token))
+        return trained, enc.flops(t, h, w) if self.cfg.latent_target else 0
 
     def reconstruct(self, video: Tensor, mask: Tensor) -> tuple[Tensor, dict, Tensor]:
         """Loss, logs and the full prediction on the grid (B, N, P) (zeros where not predicted).
@@ -167,14 +201,14 @@ class VideoMAE(nn.Module):
                 log_prec = torch.nn.functional.interpolate(per_final, size=grid, mode="nearest").flatten(1)
         mean = lambda x: (x * weight).sum() / weight.sum().clamp(min=1)  # noqa: E731  over reconstructed tokens
         loss = mean(err2 if log_prec is None else gaussian_nll(err2, log_prec))
-        logs = {"mask_ratio": float(mask.float().mean())}
+        logs = {"mask_ratio": mask.float().mean()}  # tensors: read on the host at logging steps only
         if log_prec is not None or latent_err2 is not None:  # the loss is then more than the pixel MSE
-            logs["pixel_mse"] = float(mean(err2.detach()))
+            logs["pixel_mse"] = mean(err2.detach())
         if log_prec is not None:
-            logs["precision"] = float(mean(log_prec.detach().exp()))
+            logs["precision"] = mean(log_prec.detach().exp())
         if latent_err2 is not None:
             latent_mse = mean(latent_err2)
-            logs["latent_mse"] = float(latent_mse.detach())
+            logs["latent_mse"] = latent_mse.detach()
             loss = loss + self.cfg.latent_weight * latent_mse
         return loss, logs, full
 

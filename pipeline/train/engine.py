@@ -191,7 +191,7 @@ def make_engine(cfg: PretrainConfig):
         backend = "nccl" if device == "cuda" else "gloo"
         handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=tc.dist_timeout_s))]
     # DeepSpeed on CPU (DS_ACCELERATOR=cpu) runs over gloo, but only if Accelerate is not forced to CPU mode
-    acc = Accelerator(mixed_precision="no", cpu=device == "cpu" and not deepspeed,
-                      gradient_accumulation_steps=tc.grad_accum, kwargs_handlers=handlers)
+    # gradient accumulation is the trainer's (it divides the loss; DeepSpeed by its JSON's count)
+    acc = Accelerator(mixed_precision="no", cpu=device == "cpu" and not deepspeed, kwargs_handlers=handlers)
     stage = _check_deepspeed(acc, cfg, precision) if deepspeed else None
     return Engine(acc, device, Precision(precision, acc.device.type), stage)

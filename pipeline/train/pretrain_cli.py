@@ -40,11 +40,13 @@ def build_objective(cfg: PretrainConfig):
     from pipeline.objectives.videomae import VideoMAE
 
     encoder = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.crop_size)
-    if cfg.objective.name == "videomae":
-        if cfg.data.mask_type == "none":
-            raise ConfigError("data.mask_type: videomae needs a mask (tube, random, running_cell or multiblock)")
-        return VideoMAE(encoder, cfg.objective, mean=cfg.data.mean, std=cfg.data.std)
-    return NextFramePredictive(encoder, cfg.objective, mean=cfg.data.mean, std=cfg.data.std)
+    if cfg.objective.name == "videomae" and cfg.data.mask_type == "none":
+        raise ConfigError("data.mask_type: videomae needs a mask (tube, random, running_cell or multiblock)")
+    objective = VideoMAE if cfg.objective.name == "videomae" else NextFramePredictive
+    try:
+        return objective(encoder, cfg.objective, mean=cfg.data.mean, std=cfg.data.std)
+    except ValueError as e:  # an objective option this encoder cannot honour; the message names it
+        raise ConfigError(str(e)) from None
 
 
 def build_train_loader(cfg: PretrainConfig, rank: int, world_size: int, objective):

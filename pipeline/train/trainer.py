@@ -237,14 +237,17 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
             ck.set_rng_state(rank_state["rng"])
         else:
             torch.manual_seed(tc.seed + 1_000_003 * rank_state["step"] + acc.process_index)
-        loader.load_state_dict(rank_state["loader"])
+        try:
+            loader.load_state_dict(rank_state["loader"])
+        except ValueError as e:  # the loader says in one line what it cannot honour
+            raise ConfigError(f"train.resume: {folder}: {e}") from None
         engine.precision.load_state_dict(rank_state.get("precision", {}))
         state = {k: rank_state[k] for k in state}
         resumed_from = rank_state["step"]
     # forwards go through the compiled module; everything else (no_sync, DeepSpeed's backward and
     # step, saving) through `model` itself: unwrapping a compiled DDP module for its state dict
     # re-points the compiled module at the bare one, after which its forwards would skip DDP
-    compiled = torch.compile(model) if tc.compile else model
+    compiled = torch.compile(model, backend=tc.compile_backend) if tc.compile else model
 
     step = resumed_from or 0
     monitor = Monitor(cfg, acc, objective, resumed_from=step, zero3=engine.zero_stage == 3)
@@ -380,7 +383,6 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
     finally:
         stop.close()
         monitor.close()
-    acc.wait_for_everyone()
-    acc.end_training()
+    acc.wait_for_everyone()  # the process group stays up for the caller (pipeline/cli.py ends it)
     return TrainResult(step=step, last_loss=loss_value, output_dir=out, resumed_from=resumed_from,
                        data_skipped=dict(loader.stats()["skipped"]))
