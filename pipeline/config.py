@@ -433,7 +433,7 @@ class TrainConfig:
     grad_accum: int = 1
     device: str = "auto"  # auto | cuda | cpu (pipeline/train/engine.py: a GPU meant and missing is an error)
     # auto: the launcher's --mixed_precision if given, else bf16 on a GPU, fp32 on the CPU | no | bf16 | fp16
-    mixed_precision: str = "auto"
+    mixed_precision: str | bool = "auto"  # YAML reads a bare `no` as false: that means "no"
     compile: bool = False
     compile_backend: str = "inductor"  # torch.compile backend: inductor | aot_eager (graph capture, no codegen)
     checkpoint_every: int = 50
@@ -446,6 +446,8 @@ class TrainConfig:
     peak_tflops: float = 0.0  # the device's dense bf16 peak for MFU; 0: from the GPU's name where known
 
     def validate(self) -> None:
+        if self.mixed_precision is False:
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision: must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         _choice("train.device", self.device, ("auto", "cuda", "cpu"))

@@ -41,3 +41,10 @@ def test_bad_yaml_and_missing_file(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(PretrainConfig, listy)
+
+
+def test_mixed_precision_no_survives_yaml_reading_it_as_false():
+    """YAML 1.1 reads a bare `no` (recipes, --set) as false; train.mixed_precision takes it as "no"."""
+    assert load_config(PretrainConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision: must be auto, no, bf16 or fp16, got True"):
+        load_config(PretrainConfig, None, ["train.mixed_precision=true"])

@@ -1,9 +1,9 @@
 """Two processes train as one job: DDP (one launcher) and two "nodes" over loopback (two
-launchers) both equal one process fed the two ranks' batches together."""
+launchers) both equal one process fed the two ranks' batches together. (Engines, precisions,
+backbones and resume: tests/test_train_matrix.py.)"""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 
@@ -11,42 +11,13 @@ import pytest
 import torch
 
 from pipeline.config import PretrainConfig, load_config
-from pipeline.data.loader import build_loader
 from pipeline.train import checkpoint as ck
 from pipeline.train.pretrain_cli import build_objective
 from pipeline.train.trainer import train
-from tests.train_testlib import ROOT, env, losses, tiny_recipe, tiny_shards
+from tests.train_testlib import ROOT, BothRanks, env, free_port, losses, tiny_recipe, tiny_shards
 
 pytestmark = pytest.mark.slow
 STEPS = "train.max_steps=4"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class BothRanks:
-    """One process's loader yielding rank 0's and rank 1's batches concatenated (same global batch)."""
-
-    def __init__(self, cfg, patch_size):
-        self.loaders = [build_loader(cfg.data, rank=r, world_size=2, patch_size=patch_size) for r in (0, 1)]
-
-    def __iter__(self):
-        for pair in zip(*self.loaders):
-            yield {k: torch.cat([b[k] for b in pair]) if torch.is_tensor(pair[0][k]) else pair[0][k]
-                   for k in pair[0]}
-
-    def set_epoch(self, epoch):
-        for loader in self.loaders:
-            loader.set_epoch(epoch)
-
-    def state_dict(self):
-        return {}
-
-    def stats(self):
-        return {"skipped_total": 0, "skipped": {}}
 
 
 def launch(recipe, out, *, machines: int, port: int, rank: int = 0) -> subprocess.Popen:
@@ -106,27 +77,3 @@ def test_two_nodes_over_loopback_train_as_one_job(reference):
     procs = [launch(recipe, out, machines=2, port=port, rank=r) for r in (0, 1)]
     finished(procs, out)
     _same_as_reference(reference, out)
-
-
-def test_deepspeed_zero2_on_cpu_trains_and_resumes(reference):
-    pytest.importorskip("deepspeed")
-    recipe, _, _, tmp = reference
-    out = tmp / "zero2"
-
-    def launch_ds(steps: int) -> None:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed",
-               "--deepspeed_config_file", str(ROOT / "recipes/deepspeed/zero2.json"), "--num_processes", "2",
-               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
-               "--dynamo_backend", "no", "-m", "pipeline.cli", "pretrain", str(recipe),
-               "--set", f"train.output_dir={out}", "--set", f"train.max_steps={steps}"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(DS_ACCELERATOR="cpu"), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        logs = proc.communicate(timeout=400)[0]
-        final = ck.latest_checkpoint(out / "checkpoints")
-        assert final is not None and final.name == f"step-{steps:06d}", logs[-3000:]
-        assert (final / "deepspeed").is_dir(), "DeepSpeed did not run (no engine checkpoint)"
-
-    launch_ds(4)
-    _same_as_reference(reference, out)  # ZeRO-2 over 2 ranks == the same global batch in one process
-    launch_ds(6)  # resumes from DeepSpeed's own optimizer state
-    assert len(losses(out)) == 6

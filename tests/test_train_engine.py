@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import ConfigError, ObjectiveConfig, PretrainConfig, load_config
 from pipeline.data.masking import tube_mask
+from pipeline.host import READS
 from pipeline.models import create_model
 from pipeline.objectives.predictive import NextFramePredictive
 from pipeline.objectives.videomae import VideoMAE
@@ -191,3 +194,54 @@ def test_stop_file_checkpoints_and_exits_then_resumes(tmp_path, shards, monkeypa
     os.remove(stop)
     result = train(load_config(PretrainConfig, recipe, []), build_objective, build_train_loader)
     assert result.resumed_from == 1 and result.step == 6
+
+
+# -- host reads -------------------------------------------------------------------------------
+
+SCALAR_READS = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.is_nonzero.default"}
+
+
+HOST_SIDE = ("/pipeline/data/", "/torch/optim/")  # the loader's tensors and Adam's step counters live on the host
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Counts ops that read a tensor's value on the host implicitly (.item(), bool(), int(),
+    nonzero) outside code whose tensors are on the host anyway: on a GPU each would be a sync
+    that pipeline/host.read_on_host does not see."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in SCALAR_READS:
+            frames = [f.filename for f in traceback.extract_stack()]
+            self.count += not any(part in name for name in frames for part in HOST_SIDE)
+        return func(*args, **(kwargs or {}))
+
+
+def _reads(recipe, steps: int, overrides: list[str]) -> tuple[int, int]:
+    cfg = load_config(PretrainConfig, recipe, [f"train.max_steps={steps}", "train.resume=never", *overrides])
+    before = READS.count
+    with _ScalarReads() as implicit:
+        train(cfg, build_objective, build_train_loader)
+    return READS.count - before, implicit.count
+
+
+MODELS = {"vit_tiny_joint": [], "vit_tiny_divided": ["model.name=vit_tiny_divided"],
+          "mvit_tiny": ["model.name=mvit_tiny", "model.overrides={depths: [1, 1], stem_dim: 16, num_heads: 1}"]}
+
+
+@pytest.mark.parametrize("model,objective", [("vit_tiny_joint", "videomae"), ("vit_tiny_divided", "predictive"),
+                                             ("mvit_tiny", "videomae")])
+def test_a_training_step_reads_the_host_at_most_twice(tmp_path, shards, model, objective):
+    """Outside logging steps a step reads device values on the host at most twice - the trainer's
+    finite/stop check and a visible-only encoder's mask check - and never implicitly. Counted as
+    the difference between a 6-step and a 3-step run that log, picture and checkpoint only at
+    their end (on a GPU, `python -m benchmarks gpu` counts real syncs)."""
+    recipe = tiny_recipe(tmp_path / "r.yaml", shards, tmp_path / "out", objective=objective, log_every=100,
+                         image_every=100, checkpoint_every=100)
+    short, long = _reads(recipe, 3, MODELS[model]), _reads(recipe, 6, MODELS[model])
+    explicit, implicit = (long[0] - short[0]) / 3, (long[1] - short[1]) / 3
+    assert implicit == 0, f"{implicit} implicit host reads per step"
+    assert explicit <= 2, f"{explicit} host reads per step"

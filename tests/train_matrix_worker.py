@@ -4,11 +4,12 @@ case.
 
     accelerate launch ... -m tests.train_matrix_worker CASES.json
 
-CASES.json: [{"recipe": PATH, "overrides": ["k=v", ...]}, ...]. Each case trains to
+CASES.json: [{"recipe": PATH, "overrides": ["k=v", ...], "record_keys": false, "resume_check": true}, ...].
+Each case trains to
 train.max_steps with checkpoints every 2 steps; then the last checkpoint is removed and the case
 runs again, resuming from the one before (its first trace is kept as metrics.first.jsonl, so the
 test compares the resumed steps with it). A case that raises is recorded in its output folder
-(error.txt) and the next one runs.
+(error-rankR.txt); with "record_keys" every batch's sample keys go to keys-rankR.jsonl.
 """
 
 from __future__ import annotations
@@ -32,7 +33,23 @@ def _reset_accelerate() -> None:
     GradientState._reset_state()
 
 
-def run_case(recipe: str, overrides: list[str]) -> None:
+def _record_keys(out: Path) -> None:
+    """Append the sample keys of every batch the trainer takes to out/keys-rankR.jsonl."""
+    from pipeline.train import trainer
+
+    original = trainer.batch_to_device
+    path = out / f"keys-rank{dist.get_rank() if dist.is_initialized() else os.environ.get('RANK', '0')}.jsonl"
+
+    def recording(batch, *args, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps({"keys": list(batch["key"])}) + "\n")
+        return original(batch, *args, **kwargs)
+
+    trainer.batch_to_device = recording
+
+
+def run_case(recipe: str, overrides: list[str], record_keys: bool = False, resume_check: bool = True) -> None:
     from pipeline.config import PretrainConfig, load_config
     from pipeline.train import checkpoint as ck
     from pipeline.train.pretrain_cli import build_objective, build_train_loader
@@ -40,11 +57,14 @@ def run_case(recipe: str, overrides: list[str]) -> None:
 
     cfg = load_config(PretrainConfig, recipe, overrides)
     out = Path(cfg.train.output_dir)
+    if record_keys:
+        _record_keys(out)
     train(cfg, build_objective, build_train_loader)
     _reset_accelerate()
+    if not resume_check:
+        return
     if dist.get_rank() == 0:
         shutil.copy(out / "metrics.jsonl", out / "metrics.first.jsonl")
-        shutil.copytree(ck.latest_checkpoint(out / "checkpoints"), out / "final")
         shutil.rmtree(ck.latest_checkpoint(out / "checkpoints"))
     dist.barrier()
     train(cfg, build_objective, build_train_loader)
@@ -52,15 +72,20 @@ def run_case(recipe: str, overrides: list[str]) -> None:
 
 
 def main(path: str) -> int:
+    from pipeline.config import ConfigError
+
     for case in json.loads(Path(path).read_text()):
         try:
-            run_case(case["recipe"], case["overrides"])
-        except Exception:
+            run_case(case["recipe"], case["overrides"], case.get("record_keys", False), case.get("resume_check", True))
+        except Exception as e:
             out = Path(next(o.split("=", 1)[1] for o in case["overrides"] if o.startswith("train.output_dir=")))
             out.mkdir(parents=True, exist_ok=True)
             (out / f"error-rank{os.environ.get('RANK', '0')}.txt").write_text(traceback.format_exc())
+            if isinstance(e, ConfigError):  # refused on every rank before training: go on
+                _reset_accelerate()
+                continue
             if dist.is_initialized():
-                raise  # the other rank is waiting in a collective: end the job rather than hang
+                raise  # the other rank may wait in a collective: end the job rather than hang
     return 0
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
+from pipeline.data.loader import build_loader
 from tests.loader_shards import write_shards
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +60,31 @@ def losses(out: Path) -> list[float]:
     records = [json.loads(line) for line in lines if line.strip()]
     assert [r["step"] for r in records] == list(range(1, len(records) + 1)), "metrics steps not contiguous"
     return [r["loss"] for r in records]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BothRanks:
+    """One process's loader yielding rank 0's and rank 1's batches concatenated (same global batch)."""
+
+    def __init__(self, cfg, patch_size):
+        self.loaders = [build_loader(cfg.data, rank=r, world_size=2, patch_size=patch_size) for r in (0, 1)]
+
+    def __iter__(self):
+        for pair in zip(*self.loaders):
+            yield {k: torch.cat([b[k] for b in pair]) if torch.is_tensor(pair[0][k]) else pair[0][k]
+                   for k in pair[0]}
+
+    def set_epoch(self, epoch):
+        for loader in self.loaders:
+            loader.set_epoch(epoch)
+
+    def state_dict(self):
+        return {}
+
+    def stats(self):
+        return {"skipped_total": 0, "skipped": {}}

@@ -59,20 +59,23 @@ def tube_mask(batch: int, grid: Grid, ratio: float, generator: torch.Generator |
 
 
 def running_cell_mask(batch: int, grid: Grid, ratio: float, generator: torch.Generator) -> Tensor:
+    return running_cell_from_phase(torch.randint(0, 4, (batch,), generator=generator), grid, ratio)
+
+
+def running_cell_from_phase(phase: Tensor, grid: Grid, ratio: float) -> Tensor:
+    """(B,) phases 0..3 -> (B, t*h*w) running-cell mask, computed on `phase`'s device."""
     t, h, w = grid
     hidden_per_cell = round(4 * ratio)
     if h % 2 or w % 2:
         raise ValueError(f"running_cell mask: grid {h}x{w} must have even height and width")
     if not 0 < hidden_per_cell < 4:
         raise ValueError(f"running_cell mask: ratio {ratio} must hide 1 to 3 of each 2x2 cell")
-    slot = torch.empty(2, 2, dtype=torch.long)
-    for i, (dy, dx) in enumerate(_CELL_ORDER):
-        slot[dy, dx] = i
-    slot_map = slot.repeat(h // 2, w // 2).flatten()  # (h*w,) slot index of each position
-    phase = torch.randint(0, 4, (batch, 1, 1), generator=generator)
-    time = torch.arange(t).view(1, t, 1)
-    hidden = (slot_map.view(1, 1, -1) - time - phase) % 4 < hidden_per_cell
-    return hidden.reshape(batch, t * h * w)
+    dy = (torch.arange(h, device=phase.device) % 2)[:, None]
+    dx = (torch.arange(w, device=phase.device) % 2)[None, :]
+    slot_map = (3 * dy + dx - 2 * dy * dx).flatten()  # each position's index in _CELL_ORDER
+    time = torch.arange(t, device=phase.device).view(1, t, 1)
+    hidden = (slot_map.view(1, 1, -1) - time - phase.view(-1, 1, 1)) % 4 < hidden_per_cell
+    return hidden.reshape(len(phase), t * h * w)
 
 
 def sample_blocks(height: int, width: int, num_hidden: int, scale: tuple[float, float],

@@ -18,6 +18,7 @@ PCIe). Where they become float decides who pays for it:
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 
@@ -70,10 +71,17 @@ def normalize_video(video: Tensor, device: torch.device | str, mean: tuple[float
     return normalize_tensor(video.to(device), mean, std)
 
 
+@functools.lru_cache(maxsize=16)
+def _scale_shift_on(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """The per-channel scale and shift, copied to `device` once (a host -> device copy of a
+    Python list waits for the device; per batch it would stall every step)."""
+    return tuple(torch.tensor(v, device=device) for v in _scale_shift(mean, std))
+
+
 def normalize_tensor(video: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
     """uint8 (n, C, ...) -> contiguous float32 normalised, by torch on the tensor's own device."""
     shape = (1, -1) + (1,) * (video.dim() - 2)
-    scale, shift = (torch.tensor(v, device=video.device).view(shape) for v in _scale_shift(mean, std))
+    scale, shift = (v.view(shape) for v in _scale_shift_on(video.device, tuple(mean), tuple(std)))
     return torch.addcmul(shift, video, scale).contiguous()
 
 

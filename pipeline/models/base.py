@@ -24,8 +24,7 @@ adapts saved weights made for another input size (checkpoint.load_backbone calls
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -35,13 +34,15 @@ from pipeline.data.masking import tube_mask
 MaskMode = Literal["visible_only", "mask_token"]
 
 
-@dataclass
-class BackboneOutput:
+class BackboneOutput(NamedTuple):
+    """A named tuple, so hooks that walk a module's outputs find its tensors (DeepSpeed ZeRO-3
+    re-gathers a module's weights for its backward through them)."""
+
     tokens: Tensor  # (B, N_out, D): final tokens (visible ones only in visible_only mode)
     grid: tuple[int, int, int]  # (t, h, w) of the final stage's full token grid
     pooled: Tensor  # (B, D): mean of the final tokens (a cls token's output where the model has one)
     mask: Tensor | None = None  # the (B, N) mask applied, None when unmasked
-    layers: list[Tensor] = field(default_factory=list)  # intermediate outputs asked for
+    layers: tuple[Tensor, ...] = ()  # intermediate outputs asked for
 
     def feature_map(self) -> Tensor:
         """(B, D, t, h, w): the tokens laid out on their grid, for dense heads."""

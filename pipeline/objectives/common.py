@@ -47,26 +47,28 @@ def normalize_patches(patches: Tensor, channels: int, eps: float = 1e-6) -> tupl
     return ((x - mean) / std).reshape(b, n, d), mean, std
 
 
-def sincos_pos_embed(grid: tuple[int, int, int], dim: int) -> Tensor:
-    """Fixed 3D sine-cosine position embedding (1, t*h*w, dim): dim split over t, h, w."""
+def sincos_pos_embed(grid: tuple[int, int, int], dim: int, device: torch.device | str | None = None) -> Tensor:
+    """Fixed 3D sine-cosine position embedding (1, t*h*w, dim) float32: dim split over t, h, w.
+    Computed where it is used (a handful of small kernels; no host -> device copy)."""
     t, h, w = grid
     per_axis = [dim // 3 // 2 * 2] * 3
     per_axis[0] += dim - sum(per_axis)
     parts = []
     for size, d_axis in zip((t, h, w), per_axis):
-        pos = torch.arange(size, dtype=torch.float64)
-        omega = 1.0 / (10000 ** (torch.arange(d_axis // 2, dtype=torch.float64) / max(d_axis // 2, 1)))
+        pos = torch.arange(size, dtype=torch.float32, device=device)
+        half = torch.arange(d_axis // 2, dtype=torch.float32, device=device)
+        omega = 1.0 / (10000 ** (half / max(d_axis // 2, 1)))
         angles = pos[:, None] * omega[None]
         emb = torch.cat([angles.sin(), angles.cos()], dim=1)
         if emb.shape[1] < d_axis:
-            emb = torch.cat([emb, torch.zeros(size, d_axis - emb.shape[1], dtype=emb.dtype)], 1)
+            emb = torch.cat([emb, emb.new_zeros(size, d_axis - emb.shape[1])], 1)
         parts.append(emb)
     et, eh, ew = parts
     full = torch.cat([
         et[:, None, None].expand(t, h, w, -1),
         eh[None, :, None].expand(t, h, w, -1),
         ew[None, None, :].expand(t, h, w, -1)], dim=-1)
-    return full.reshape(1, t * h * w, dim).float()
+    return full.reshape(1, t * h * w, dim)
 
 
 def transformer(dim: int, depth: int, heads: int) -> nn.TransformerEncoder:

@@ -104,13 +104,15 @@ class NextFramePredictive(nn.Module):
         k = self.cfg.predict_steps
         d = self.cfg.decoder_dim
         grid_all = (t + k, h, w)
-        pos = sincos_pos_embed(grid_all, d).to(ctx.tokens)
+        pos = sincos_pos_embed(grid_all, d, ctx.tokens.device).to(ctx.tokens.dtype)
         b = video.shape[0]
         n_ctx = t * h * w
         seq = torch.cat([self.proj(ctx.tokens) + pos[:, :n_ctx],
                          self.query.expand(b, k * h * w, -1) + pos[:, n_ctx:]], dim=1)
         times = torch.arange(t + k, device=video.device).repeat_interleave(h * w)
-        out = self.norm(self.predictor(seq, mask=causal_time_mask(times))[:, n_ctx:])
+        # is_causal=False: the mask is block-causal, and torch would otherwise compare it with a
+        # causal one on the host (a sync) to find out
+        out = self.norm(self.predictor(seq, mask=causal_time_mask(times), is_causal=False)[:, n_ctx:])
         future_grid = (k, h, w)
         pixels = unpatchify(self.pixel_head(out), self.encoder.output_stride, future_grid, self.channels)
         pred = patchify(pixels, self.encoder.output_stride)

@@ -42,12 +42,13 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
-from pipeline.models.base import VideoBackbone, is_tube_mask
+from pipeline.host import read_on_host
+from pipeline.models.base import VideoBackbone
 from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, init_weights,
                                         latent_targets, linear_flops, log_precision, normalize_patches,
                                         patchify, picture_rows, sincos_pos_embed, target_video,
                                         to_uint8_frames, transformer, transformer_flops, unpatchify)
-from pipeline.data.masking import running_cell_mask
+from pipeline.data.masking import running_cell_from_phase
 from pipeline.objectives.guided_masking import guided_tube_mask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,13 +104,13 @@ class VideoMAE(nn.Module):
         hidden_ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, n_vis:]  # (B, n_hidden)
         if self.cfg.decoder_mask_ratio > 0:
             keep = max(1, round((1 - self.cfg.decoder_mask_ratio) * hidden_ids.shape[1]))
-            # the phase comes from the global torch RNG, which checkpoints save and restore
-            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
-            cell = running_cell_mask(b, grid, self.cfg.decoder_mask_ratio, gen).to(mask.device)
+            # the phases come from the device's global RNG, which checkpoints save and restore
+            phase = torch.randint(0, 4, (b,), device=mask.device)
+            cell = running_cell_from_phase(phase, grid, self.cfg.decoder_mask_ratio)
             # hidden positions the running cell leaves visible come first; ties in grid order
             order = torch.argsort(cell.gather(1, hidden_ids).to(torch.int8), dim=1, stable=True)[:, :keep]
             hidden_ids = hidden_ids.gather(1, torch.sort(order, dim=1).values)
-        pos = sincos_pos_embed(grid, x.shape[-1]).to(x).expand(b, -1, -1)
+        pos = sincos_pos_embed(grid, x.shape[-1], x.device).to(x.dtype).expand(b, -1, -1)
         vis_ids = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n_vis]
         gather = lambda ids: pos.gather(1, ids[..., None].expand(-1, -1, pos.shape[-1]))  # noqa: E731
         queries = self.mask_token.expand(b, hidden_ids.shape[1], -1) + gather(hidden_ids)
@@ -118,7 +119,7 @@ class VideoMAE(nn.Module):
 
     def _decode_mask_token(self, tokens: Tensor, grid: tuple[int, int, int]) -> Tensor:
         """Decoder outputs (B, n, d) on the (possibly coarser) final grid."""
-        x = self.proj(tokens) + sincos_pos_embed(grid, self.cfg.decoder_dim).to(tokens)
+        x = self.proj(tokens) + sincos_pos_embed(grid, self.cfg.decoder_dim, tokens.device).to(tokens.dtype)
         return self.norm(self.decoder(x))
 
     def _pixels_on_embedding_grid(self, out: Tensor, grid: tuple[int, int, int]) -> Tensor:
@@ -131,9 +132,11 @@ class VideoMAE(nn.Module):
         video, mask = batch["video"], batch["mask"]
         if self.cfg.guided_masking == "motion":
             grid = self.encoder.token_grid(*video.shape[2:])
-            if not is_tube_mask(mask, grid):
+            frames = mask.view(mask.shape[0], grid[0], -1)
+            not_tube, visible = read_on_host(torch.stack([(frames != frames[:, :1]).any().long(), (~mask[0]).sum()]))
+            if not_tube:
                 raise ValueError("objective.guided_masking=motion: needs data.mask_type=tube")
-            num_visible = int((~mask[0]).sum()) // grid[0]
+            num_visible = visible // grid[0]
             mask = guided_tube_mask(video, self.encoder.patch_size, num_visible, self.cfg.guide_strength)
         loss, logs, _ = self.reconstruct(video, mask)
         return loss, logs

@@ -51,6 +51,7 @@ from pipeline.tasks.track_pairs import sequence_pairs
 from pipeline.tasks.tracking import decode_boxes
 from pipeline.objectives.common import to_uint8_frames
 from pipeline.train import checkpoint as run_checkpoint
+from pipeline.train.engine import evaluation_autocast
 
 OBJECTIVE_PREFIX = "model."  # the finetune objective holds the TaskModel as `model`
 # task fields the recipe decides at evaluation; every other one comes from the checkpoint
@@ -272,12 +273,13 @@ def evaluate(cfg: FinetuneConfig, checkpoint: str | Path | None, out: str | Path
         in_run = folder is not None and folder.parent.name == "checkpoints"
         out = folder.parent.parent if in_run else cfg.train.output_dir
     out = Path(out)
-    if cfg.task.kind == "propagation":
-        details = evaluate_propagation(encoder, cfg, out)
-    else:
-        evaluators = {"classification": evaluate_classification, "segmentation": evaluate_segmentation,
-                      "tracking": evaluate_tracking}
-        details = evaluators[cfg.task.kind](model, cfg, out)
+    with evaluation_autocast(cfg.train.mixed_precision, _device().type):  # as the run trained (bf16 on a GPU)
+        if cfg.task.kind == "propagation":
+            details = evaluate_propagation(encoder, cfg, out)
+        else:
+            evaluators = {"classification": evaluate_classification, "segmentation": evaluate_segmentation,
+                          "tracking": evaluate_tracking}
+            details = evaluators[cfg.task.kind](model, cfg, out)
     report = {"task": cfg.task.kind, "head": cfg.task.head, "checkpoint": str(folder or checkpoint),
               "model": source, **details, "output": str(out), "recipe": to_dict(cfg)}
     _write_json(out / "eval.json", report)

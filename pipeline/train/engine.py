@@ -146,6 +146,12 @@ class Precision:
                                          "_growth_tracker": state["growth_tracker"]})
 
 
+def evaluation_autocast(mixed_precision: str | bool, device: str):
+    """The autocast a run's forwards use (train.mixed_precision), for evaluating it."""
+    choice = "no" if mixed_precision is False else mixed_precision
+    return Precision(resolve_precision(choice, device), device).autocast()
+
+
 @dataclass
 class Engine:
     acc: object  # accelerate.Accelerator
@@ -171,7 +177,11 @@ def _check_deepspeed(acc, cfg: PretrainConfig, precision: str) -> int:
     ds["gradient_accumulation_steps"] = cfg.train.grad_accum
     ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * cfg.train.grad_accum * acc.num_processes
     ds["gradient_clipping"] = cfg.train.grad_clip
-    return int(ds.get("zero_optimization", {}).get("stage", 0))
+    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    if stage == 3 and cfg.train.compile:
+        raise ConfigError("train.compile: not supported with DeepSpeed ZeRO-3 (its partitioned weights are empty "
+                          "tensors to torch.compile's tracer); use ZeRO-1/2 or DDP, or train.compile=false")
+    return stage
 
 
 def make_engine(cfg: PretrainConfig):

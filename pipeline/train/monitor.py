@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import PretrainConfig, to_dict
+from pipeline.host import read_on_host
 
 # dense (no sparsity) bf16 tensor-core peak FLOP/s per GPU, from vendor datasheets; the first
 # key contained in the device name wins, so variants come before their family (an SXM H100
@@ -159,7 +160,7 @@ class Monitor:
         if "loss" in keys and self.acc.num_processes > 1:
             loss = self.acc.reduce(values[keys.index("loss")].clone(), reduction="mean")
             values[keys.index("loss")] = loss
-        record = {"step": step, **dict(zip(keys, values.tolist())), "lr": lr, **(extra or {})}
+        record = {"step": step, **dict(zip(keys, read_on_host(values))), "lr": lr, **(extra or {})}
         elapsed = max(now - self.since, 1e-9)
         record["clips_per_s"] = self.clips / elapsed
         record["data_wait"] = self.wait / elapsed

@@ -28,6 +28,7 @@ import torch
 from pipeline.config import ConfigError, PretrainConfig, to_dict
 from pipeline.data.loader import ClipLoader
 from pipeline.data.normalize import batch_to_device
+from pipeline.host import read_on_host
 from pipeline.train import checkpoint as ck
 from pipeline.train.engine import make_engine
 from pipeline.train.monitor import Monitor, warn
@@ -105,7 +106,8 @@ def _save(engine, model, optimizer, loader, root: Path, step: int, cfg: Pretrain
     acc.wait_for_everyone()
     state_dict = acc.get_state_dict(model)  # gathers ZeRO-3 shards; collective
     if acc.is_main_process:
-        if any(not torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point()):
+        finite = [torch.isfinite(v).all() for v in state_dict.values() if v.is_floating_point()]
+        if finite and not all(read_on_host(torch.stack(finite))):
             raise TrainingError(f"step {step}: parameters are not finite; refusing to write a checkpoint")
         ck.write_model(tmp, state_dict)
         if os.environ.get(FAULT_CRASH_IN_SAVE) == str(step):
@@ -190,7 +192,7 @@ def _agree(acc, values: list) -> list[float]:
     flags = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=acc.device).reshape(()) for v in values])
     if acc.num_processes > 1:
         flags = acc.reduce(flags, reduction="sum")
-    return flags.tolist()
+    return read_on_host(flags)
 
 
 def _finite_flag(x: torch.Tensor) -> torch.Tensor:

@@ -136,7 +136,7 @@ class MultiscaleBackbone(VideoBackbone):
                 stage_outputs[index] = x
         x = self.norm(x)
         return BackboneOutput(tokens=x, grid=grid, pooled=x.mean(dim=1), mask=mask,
-                              layers=[stage_outputs[i] for i in wanted])
+                              layers=tuple(stage_outputs[i] for i in wanted))
 
     @property
     def output_stride(self) -> Grid:

@@ -47,7 +47,8 @@ from torch.utils.checkpoint import checkpoint
 from timm.layers import trunc_normal_
 
 from pipeline.models.attention import MIXERS, JointMixer, TokenLayout
-from pipeline.models.base import BackboneOutput, VideoBackbone, is_tube_mask
+from pipeline.host import read_on_host
+from pipeline.models.base import BackboneOutput, VideoBackbone
 from pipeline.models.layers import (Block, ConvStem, TubeletEmbed, expand_keep, frame_differences,
                                     resize_pos_grid, sincos_table)
 from pipeline.models.registry import register_model
@@ -159,17 +160,23 @@ class VideoViT(VideoBackbone):
             raise ValueError(f"mask: expected a ({batch}, {n}) bool tensor for the {grid[0]}x{grid[1]}x{grid[2]} "
                              f"token grid, got {tuple(mask.shape)} {mask.dtype}")
         hidden = mask.sum(1)
-        if bool((hidden != hidden[0]).any()):
+        checks = [hidden.min(), hidden.max()]
+        if self.requires_tube_mask:
+            checks.append((mask.view(batch, grid[0], -1) != mask.view(batch, grid[0], -1)[:, :1]).any())
+        lowest, highest, *not_tube = read_on_host(torch.stack([c.long() for c in checks]))  # one host read
+        if lowest != highest:
             raise ValueError(f"mask: visible-only encoding needs the same number of hidden tokens in every row, "
                              f"got {hidden.tolist()[:8]}")
-        if int(hidden[0]) == 0:
+        if lowest == 0:
             return TokenLayout(grid, self.num_prefix)
-        if int(hidden[0]) == n:
+        if lowest == n:
             raise ValueError("mask: hides every token")
-        if self.requires_tube_mask and not is_tube_mask(mask, grid):
+        if not_tube and not_tube[0]:
             raise ValueError(f"mask: {self.config['name']} ({self.attention} attention) encodes visible tokens "
                              f"only and needs a tube mask (the same positions hidden in every frame)")
-        return TokenLayout(grid, self.num_prefix, (~mask).nonzero()[:, 1].view(batch, -1))
+        # ascending grid indices of the visible tokens (a stable sort puts them first, in order)
+        kept = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n - lowest]
+        return TokenLayout(grid, self.num_prefix, kept)
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -203,7 +210,7 @@ class VideoViT(VideoBackbone):
         if self.final_norm == "pooled":
             pooled = self.norm(pooled)
         return BackboneOutput(tokens=tokens, grid=grid, pooled=pooled, mask=None if keep is None else mask,
-                              layers=[layers[i] for i in wanted])
+                              layers=tuple(layers[i] for i in wanted))
 
     def _layer_indices(self, return_layers: tuple[int, ...]) -> list[int]:
         total = len(self.blocks) + len(getattr(self, "temporal_blocks", ()))
