@@ -31,8 +31,8 @@ from torch.utils._pytree import tree_leaves
 
 from pipeline.models import create_model, list_models
 from pipeline.models.base import random_tube_mask
+from pipeline.train.monitor import peak_flops
 
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
 class LiveStorageBytes(TorchDispatchMode):
@@ -123,7 +123,7 @@ def hf_videomae_like(model) -> torch.nn.Module:
 
 def mfu_vit_b(device: torch.device, quick: bool) -> tuple[float, str]:
     name = torch.cuda.get_device_name(device)
-    peak = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    peak = peak_flops(name)
     if peak is None:
         return float("nan"), f"mfu_bf16_vit_b: no bf16 peak known for {name}"
     model = create_model("vit_base_joint").to(device)
@@ -131,7 +131,7 @@ def mfu_vit_b(device: torch.device, quick: bool) -> tuple[float, str]:
     video = torch.randn(batch, 3, 16, 224, 224, device=device)
     seconds = best_times({"vit_b": (model, video, None)}, repeats=3 if quick else 10, bf16=True)["vit_b"]
     achieved = 3 * model.flops(16, 224, 224) * batch / seconds
-    return achieved / (peak * 1e12), f"mfu_bf16_vit_b: {achieved / 1e12:.0f} TFLOP/s of {peak:.0f} on {name}"
+    return achieved / peak, f"mfu_bf16_vit_b: {achieved / 1e12:.0f} TFLOP/s of {peak / 1e12:.0f} on {name}"
 
 
 def run(quick: bool) -> dict:

@@ -24,7 +24,7 @@ from pipeline.train import engine as eng
 from pipeline.train.monitor import peak_flops, train_flops_per_clip
 from pipeline.train.pretrain_cli import build_objective, build_train_loader
 from pipeline.train.trainer import STOP_FILE_ENV, train
-from tests.train_testlib import losses, tiny_recipe, tiny_shards
+from tests.train_testlib import assert_same_weights, losses, tiny_recipe, tiny_shards
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, num_frames=8, img_size=32, patch_size=(2, 8, 8))
 DEC = dict(decoder_dim=32, decoder_depth=2, decoder_heads=2)
@@ -245,3 +245,51 @@ def test_a_training_step_reads_the_host_at_most_twice(tmp_path, shards, model, o
     explicit, implicit = (long[0] - short[0]) / 3, (long[1] - short[1]) / 3
     assert implicit == 0, f"{implicit} implicit host reads per step"
     assert explicit <= 2, f"{explicit} host reads per step"
+
+
+# -- gradient accumulation --------------------------------------------------------------------
+
+
+class _FixedBatches:
+    """A loader serving a fixed list of batches, in order, forever."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_epoch(self, epoch):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def stats(self):
+        return {"skipped_total": 0, "skipped": {}}
+
+
+def test_grad_accumulation_of_two_halves_equals_one_whole_batch(tmp_path, shards):
+    """grad_accum=2 over batches A, B makes the same update as one step on A+B (the loss is
+    divided by the accumulation count once)."""
+    cfg = load_config(PretrainConfig, tiny_recipe(tmp_path / "r.yaml", shards, tmp_path / "unused"),
+                      ["data.batch_size=4"])
+    source = build_train_loader(cfg, 0, 1, build_objective(cfg))
+    whole = [b for _, b in zip(range(2), source)]
+    halves = [{k: v[i * 2:(i + 1) * 2] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in b.items()}
+              for b in whole for i in range(2)]
+    weights = {}
+    for name, accum, batches in (("whole", 1, whole), ("halves", 2, halves)):
+        recipe = tiny_recipe(tmp_path / f"{name}.yaml", shards, tmp_path / name, max_steps=2, grad_accum=accum,
+                             checkpoint_every=2)
+        train(load_config(PretrainConfig, recipe, []), build_objective, lambda *a, b=batches: _FixedBatches(b))
+        weights[name] = ck.load_model_state(ck.latest_checkpoint(tmp_path / name / "checkpoints"))
+        assert len(losses(tmp_path / name)) == 2
+    assert losses(tmp_path / "halves") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
+    norms = {name: [json.loads(line)["grad_norm"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+             for name in weights}  # Adam would hide a gradient scaled twice; its norm does not
+    assert norms["halves"] == pytest.approx(norms["whole"], rel=1e-4)
+    assert_same_weights(weights["halves"], weights["whole"])

@@ -6,7 +6,8 @@ case - each checked four ways:
 2. its losses match one process fed both ranks' batches (the same global batch), within the
    precision's tolerance (TOLERANCE);
 3. resumed from its step-2 checkpoint, it logs the same steps 3-4 again;
-4. its checkpoint's backbone loads as a fine-tuning encoder with the trained weights.
+4. its checkpoint's backbone loads as a fine-tuning encoder with the trained weights;
+and every case draws its pictures and logs MFU every 2 steps.
 
 One `accelerate launch` per engine runs that engine's four cases in turn
 (tests/train_matrix_worker.py). torch.compile runs with the aot_eager backend: graph capture,
@@ -84,7 +85,7 @@ def overrides(case, out: Path) -> list[str]:
     name, model = BACKBONES[backbone]
     result = [f"model.name={name}", f"model.overrides={json.dumps(model)}", *OBJECTIVES[objective],
               f"train.mixed_precision={precision}", f"train.grad_accum={accum}", f"train.max_steps={STEPS}",
-              "train.checkpoint_every=2", f"train.output_dir={out}"]
+              "train.checkpoint_every=2", "train.image_every=2", "train.peak_tflops=1", f"train.output_dir={out}"]
     return result + (["train.compile=true", "train.compile_backend=aot_eager"] if compiled else [])
 
 
@@ -169,6 +170,9 @@ def test_case(workspace, case):
     assert trace(out / "metrics.jsonl") == pytest.approx(trace(first), rel=1e-6)
     final = ck.latest_checkpoint(out / "checkpoints")
     assert final is not None and final.name == f"step-{STEPS:06d}"
+    # pictures and MFU on every engine (under ZeRO-3 a rank-0-only forward used to hang the job)
+    assert (out / "images" / f"step-{STEPS:06d}.png").is_file()
+    assert all(json.loads(line)["mfu"] > 0 for line in first.read_text().splitlines())
     # 4: the backbone of the checkpoint is a fine-tuning encoder, with the trained weights
     encoder, _ = load_encoder(final)
     saved = ck.load_model_state(final)

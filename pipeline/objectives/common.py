@@ -191,6 +191,17 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
             torch._foreach_lerp_(ts, ss, 1 - momentum)
 
 
+class EMATargetMixin:
+    """`after_step` for an objective with an EMA target encoder (objective.latent_target): the
+    trainer calls it after each optimizer update, on every rank, and the target moves towards
+    the updated encoder (`self.target_encoder`, `self.encoder`, `self.cfg`)."""
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        if self.cfg.latent_target:
+            ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
+
+
 def transformer_flops(tokens: int, dim: int, depth: int, mlp_ratio: float = 4.0) -> int:
     """Forward FLOPs (2 per multiply-add) of `depth` transformer layers on `tokens` tokens of width
     `dim`: per layer the qkv, output and two MLP Linears, 2*(4 + 2*mlp_ratio)*n*d^2, and the two

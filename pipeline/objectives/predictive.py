@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone
-from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, heat_rgb, init_weights,
+from pipeline.objectives.common import (EMATargetMixin, display_stats, ema_copy, gaussian_nll, heat_rgb, init_weights,
                                         latent_targets, linear_flops, log_precision, normalize_patches, patchify,
                                         picture_rows, sincos_pos_embed, target_video, to_uint8_frames, transformer,
                                         transformer_flops, unpatchify, upsample_tokens)
@@ -35,7 +35,7 @@ def causal_time_mask(times: Tensor) -> Tensor:
     return torch.zeros(allowed.shape, dtype=torch.float32, device=times.device).masked_fill(~allowed, float("-inf"))
 
 
-class NextFramePredictive(nn.Module):
+class NextFramePredictive(EMATargetMixin, nn.Module):
     def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
@@ -68,13 +68,6 @@ class NextFramePredictive(nn.Module):
             raise ValueError(f"objective.predict_steps={self.cfg.predict_steps}: clip of {video.shape[2]} frames "
                              f"leaves no context frames")
         return video[:, :, :cut], video[:, :, cut:]
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """After each optimizer update (the trainer calls it on every rank): the EMA target
-        encoder moves towards the updated encoder."""
-        if self.cfg.latent_target:
-            ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
 
     def flops(self, batch: dict) -> tuple[int, int]:
         """Forward FLOPs of one clip: (modules that learn, the no-grad EMA target encoder).

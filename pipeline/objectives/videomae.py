@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from pipeline.config import ObjectiveConfig
 from pipeline.host import read_on_host
 from pipeline.models.base import VideoBackbone
-from pipeline.objectives.common import (display_stats, ema_copy, ema_update, gaussian_nll, init_weights,
+from pipeline.objectives.common import (EMATargetMixin, display_stats, ema_copy, gaussian_nll, init_weights,
                                         latent_targets, linear_flops, log_precision, normalize_patches,
                                         patchify, picture_rows, sincos_pos_embed, target_video,
                                         to_uint8_frames, transformer, transformer_flops, unpatchify)
@@ -55,7 +55,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class VideoMAE(nn.Module):
+class VideoMAE(EMATargetMixin, nn.Module):
     def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
@@ -140,13 +140,6 @@ class VideoMAE(nn.Module):
             mask = guided_tube_mask(video, self.encoder.patch_size, num_visible, self.cfg.guide_strength)
         loss, logs, _ = self.reconstruct(video, mask)
         return loss, logs
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        """After each optimizer update (the trainer calls it on every rank): the EMA target
-        encoder moves towards the updated encoder."""
-        if self.cfg.latent_target:
-            ema_update(self.target_encoder, self.encoder, self.cfg.ema_momentum)
 
     def flops(self, batch: dict) -> tuple[int, int]:
         """Forward FLOPs of one clip of `batch` (its first mask row): (modules that learn, the
