@@ -34,9 +34,9 @@ def test_model_section_builds_encoders_with_one_line_errors(tmp_path):
     assert again.attention == "sparse" and again.num_frames == 4 and not again.grad_checkpointing
     with pytest.raises(ConfigError, match="model.name: unknown model 'vit_tiny_rope'"):
         build_encoder(ModelConfig(name="vit_tiny_rope"), 8, 32)
-    with pytest.raises(ConfigError, match="model.overrides: window: applies to sparse attention only"):
+    with pytest.raises(ConfigError, match="model: cannot build 'vit_tiny_joint' .*: window: applies to sparse attention only"):
         build_encoder(ModelConfig(overrides={"window": [2, 2, 2]}), 8, 32)
-    with pytest.raises(ConfigError, match=r"model.overrides: input 8x30x30 is not divisible .* img_size=30\)$"):
+    with pytest.raises(ConfigError, match=r"img_size data.crop_size\): input 8x30x30 is not divisible"):
         build_encoder(ModelConfig(), 8, 30)
     with pytest.raises(ConfigError, match="model.pretrained: no such file or folder"):
         load_config(PretrainConfig, None, [f"model.pretrained={tmp_path / 'nothing'}"])

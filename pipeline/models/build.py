@@ -58,8 +58,8 @@ def build_encoder(cfg: ModelConfig, num_frames: int, img_size: int) -> VideoBack
         except KeyError as e:
             raise ConfigError(e.args[0]) from None
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.overrides: {e} ({cfg.name} at num_frames={kwargs['num_frames']}, "
-                              f"img_size={kwargs['img_size']})") from None
+            raise ConfigError(f"model: cannot build {cfg.name!r} with {kwargs} (num_frames is data.num_frames, "
+                              f"img_size data.crop_size): {e}") from None
     encoder.set_grad_checkpointing(cfg.grad_checkpointing)
     return encoder
 
