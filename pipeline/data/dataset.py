@@ -19,6 +19,14 @@ rank still yields the same number of batches (a batch whose every sample failed 
 Clips leave a worker as uint8 in a reusable shared buffer (batch_ring.py), (B, T, H, W, C) in
 memory and viewed as (B, C, T, H, W) (torch.channels_last_3d); the loader hands them over
 (loader.py, normalize.py).
+
+Persistent workers (loader.py keeps its DataLoader workers across epochs): a worker's copy of this
+object is the one it got when it started, so each new iteration's (epoch, start_batch, whether the
+elastic remainder applies) comes from `iteration`, a small shared tensor the loader writes with
+`publish()` before it restarts the workers' iteration. Its generation number also ends, at its next
+batch, an iteration the loader has left (abandoned mid-epoch or restarted), so a worker does not
+decode batches of an old epoch that would only be dropped. The worker's decoder (with its decode
+helper process) and batch ring are made once and kept for the worker's life.
 """
 
 from __future__ import annotations
@@ -26,8 +34,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
+from multiprocessing.util import Finalize
 
 import numpy as np
 import torch
@@ -141,6 +151,9 @@ class ClipDataset(IterableDataset):
         self.epoch, self.start_batch = 0, 0
         self.remainder: Remainder | None = None  # set by the loader after an elastic resume
         self.released: torch.Tensor | None = None  # set by the loader when it runs workers
+        self.iteration: torch.Tensor | None = None  # shared (generation, epoch, start_batch, remainder on)
+        self._workers_remainder: Remainder | None = None  # the remainder the workers started with
+        self._tools: tuple | None = None  # in a worker: its decoder and batch ring, kept across iterations
 
     def plan(self, epoch: int | None = None) -> EpochPlan | RemainderPlan:
         epoch = self.epoch if epoch is None else epoch
@@ -148,30 +161,71 @@ class ClipDataset(IterableDataset):
             return RemainderPlan(self.remainder, self.plan_spec, self.rank, self.world_size)
         return EpochPlan(self.plan_spec, epoch, self.rank, self.world_size)
 
+    def share_iteration(self) -> None:
+        """Make `iteration` shared, before the workers start: they read each iteration from it."""
+        self.iteration = torch.zeros(4, dtype=torch.int64).share_memory_()
+        self._workers_remainder = self.remainder
+
+    def publish(self) -> bool:
+        """Tell the workers the next iteration (epoch, start_batch, remainder) as a new generation.
+        False when they cannot follow: a remainder other than the one they started with (load it
+        into new workers)."""
+        if self.remainder is not None and self.remainder != self._workers_remainder:
+            return False
+        generation = int(self.iteration[0]) + 1
+        self.iteration.copy_(torch.tensor([generation, self.epoch, self.start_batch, self.remainder is not None]))
+        return True
+
     def __iter__(self):
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        ring = None
-        if info is not None:
+        spec = self.batch_spec
+        if info is None:  # in the main process: a decoder for this iteration only, no ring
+            decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
+            try:
+                yield from self._batches(self.plan(), self.start_batch, 0, 1, decoder, None, None)
+            finally:
+                decoder.close()
+            return
+        decoder, ring = self._worker_tools(info.id)
+        ring.settle()
+        if self.iteration is None:  # a plain DataLoader over this dataset: its fork-time attributes
+            plan, start, generation = self.plan(), self.start_batch, None
+        else:
+            generation, epoch, start, remainder_on = (int(x) for x in self.iteration)
+            plan = self.plan(epoch) if remainder_on else EpochPlan(self.plan_spec, epoch, self.rank, self.world_size)
+        yield from self._batches(plan, start, info.id, info.num_workers, decoder, ring, generation)
+
+    def _worker_tools(self, worker: int) -> tuple:
+        """This worker's decoder and batch ring, made on its first iteration and kept for its life
+        (the decoder's helper process is closed when the worker exits)."""
+        if self._tools is None:
             keep_freed_memory()
-            ring = BatchRing(self.released, worker, self.ring_slots)
+            spec = self.batch_spec
+            decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
+            Finalize(self, decoder.close, exitpriority=0)
+            self._tools = decoder, BatchRing(self.released, worker, self.ring_slots)
+        return self._tools
+
+    def _batches(self, plan: EpochPlan | RemainderPlan, start: int, worker: int, workers: int, decoder,
+                 ring: BatchRing | None, generation: int | None):
+        """Batches start + worker, + workers, ... of the plan, until it ends or the loader publishes
+        another generation than `generation` (None: never)."""
         spec, streams = self.batch_spec, self.plan_spec.streams
-        plan = self.plan()
-        decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
         transform = ClipTransform(spec.transform)
         masker = make_masker(spec.mask_type, spec.mask_ratio, spec.grid, spec.mask_block_scale,
                              spec.mask_block_aspect)
         readers: dict[int, StreamReader] = {}
         try:
-            for j in range(self.start_batch + worker, plan.batches_per_rank, workers):
+            for j in range(start + worker, plan.batches_per_rank, workers):
+                if generation is not None and int(self.iteration[0]) != generation:
+                    return  # the loader has left this iteration: its batches would be dropped
                 v = j % streams
                 if v not in readers:
-                    readers[v] = StreamReader(plan.stream(v), len(range(v, self.start_batch, streams)))
+                    readers[v] = StreamReader(plan.stream(v), len(range(v, start, streams)))
                 raws = readers[v].take_batch(j // streams)
                 yield self._batch(raws, readers[v].plan, plan.mask_seed(j), decoder, transform, masker,
                                   ring, worker)
         finally:
-            decoder.close()
             for reader in readers.values():
                 reader.close()
 
@@ -247,7 +301,8 @@ class ClipDataset(IterableDataset):
         if any(m is not None for m in masks):
             ignore = torch.full((frames, size, size), MASK_IGNORE, dtype=torch.uint8)
             batch["masks"] = torch.stack([ignore if m is None else m for m in masks])
-        return batch, {"samples": decoded, "clips": n, "skipped": dict(skipped), "worker": worker, "slot": slot}
+        return batch, {"samples": decoded, "clips": n, "skipped": dict(skipped), "worker": worker, "slot": slot,
+                       "pid": os.getpid()}
 
 
 def _frames_of(annotation: np.ndarray | None, ids: np.ndarray, key: str, ext: str) -> torch.Tensor | None:

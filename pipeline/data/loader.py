@@ -7,6 +7,7 @@
         batch["video"], batch["mask"], batch["label"], batch["key"]
         checkpoint["data"] = loader.state_dict()
     loader.stats()                                     # samples/s, data wait, skips by reason
+    loader.close()                                     # workers stop (garbage collection does it too)
 
 Batch: `video` float (B*k, C, T, H, W) normalised (uint8 when device is None), `label` long (B*k,), `mask` (B*k, N) bool
 (True = hidden, N = T/pt * H/ph * W/pw), `key` list[str], `clips_per_sample` k, `padded` bool
@@ -23,8 +24,8 @@ Where `video` becomes float: workers hand clips over as uint8 in shared memory, 
                      host does no per-pixel arithmetic); every tensor of the batch is on it
     None             uint8 (B*k, C, T, H, W) in the workers' shared memory, no copy: for a
                      consumer that normalises elsewhere (pipeline/data/normalize.py). It stays
-                     valid until the next batch is asked for (its buffer is then reused): clone
-                     it to keep it
+                     valid until the next batch is asked for, in this iteration or a new one
+                     (its buffer is then reused): clone it to keep it
 stats()["wait_s"] counts that hand-over as time waiting for data. The trainer sets `device` to
 its accelerator. Those buffers live in /dev/shm: build_loader refuses (ConfigError) a setup whose
 workers' buffers (prefetch_factor + 2 batches each, for every rank on the node) would not fit it.
@@ -33,6 +34,16 @@ Epochs: every rank yields exactly len(loader) batches (see plan.py for the polic
 the end moves to the next epoch; set_epoch(e) jumps to the start of epoch e. Order is a function
 of (seed, epoch, rank, world_size, batch_size, streams_per_rank, shards) only (and, in the epoch
 an elastic resume lands in, of the loaded state).
+
+Workers (data.num_workers > 0) start on the first iteration and serve every later one - the next
+epoch, a set_epoch() or load_state_dict() jump, an iteration restarted mid-epoch - with their decode
+helpers and batch rings, until close() or garbage collection; num_workers=0 makes batches in this
+process. Each new iteration publishes (epoch, start batch) to them through shared memory
+(dataset.py) and restarts their iteration, which drops what they had in flight of the last one;
+before that, this process releases the ring slot it still held, so a worker counts every older batch
+as free (batch_ring.py). An iteration replaced by a newer one raises if resumed. Only a state whose
+elastic remainder (below) differs from the one the workers started with starts new workers. A worker
+that fails or dies ends them all; the next iteration starts new ones.
 
 Exact resume: state_dict() counts the batches handed out, so after load_state_dict() the loader
 yields exactly the batches an uninterrupted run would have yielded next; skipped-over samples are
@@ -91,9 +102,14 @@ class ClipLoader:
         self.dataset, self.num_workers, self.prefetch_factor = dataset, num_workers, prefetch_factor
         self.device = None if device is None else torch.device(device)
         self.epoch, self.batches_done = 0, 0
+        self.worker_pids: dict[int, int] = {}  # worker -> pid of the process that made its latest batch
         self._counts: Counter = Counter()
         self._skipped: Counter = Counter()
         self._wait_s = self._busy_s = 0.0
+        self._workers: DataLoader | None = None  # started on first iteration, kept until close()
+        self._generation = 0  # of the newest iteration; an older one raises if resumed
+        self._in_use: int | None = None  # the worker whose ring slot backs the uint8 batch last handed out
+        self._held: dict[tuple[int, int], torch.Tensor] = {}  # keeps each ring slot mapped in this process
 
     def __len__(self) -> int:
         return self.dataset.plan(self.epoch).batches_per_rank
@@ -106,43 +122,78 @@ class ClipLoader:
 
     def __iter__(self):
         total = len(self)
-        self.dataset.epoch, self.dataset.start_batch = self.epoch, self.batches_done
-        released = self.dataset.released = new_release_counters(self.num_workers)
-        held: dict[tuple[int, int], torch.Tensor] = {}  # keeps each ring slot mapped in this process
-        in_use = None  # the worker whose ring slot holds the uint8 batch last handed out (device None)
-        if self.num_workers > 0:
-            source = iter(DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
-                                     prefetch_factor=self.prefetch_factor))
-        else:
-            source = iter(self.dataset)
+        source = self._start()
+        self._generation += 1
+        generation = self._generation
         spec = self.dataset.batch_spec
         started = time.perf_counter()
         try:
             while self.batches_done < total:
                 t0 = time.perf_counter()
-                if in_use is not None:
-                    released[in_use] += 1
-                    in_use = None
-                try:
-                    batch, events = next(source)
-                except StopIteration:
-                    raise RuntimeError(f"data: workers stopped after {self.batches_done} of {total} batches") from None
-                held[events["worker"], events["slot"]] = batch["video"]
-                if self.device is None:
-                    in_use = events["worker"]  # its slot is freed when the next batch is asked for
-                else:
+                self._release_in_use()
+                batch, events = self._next(source, total)
+                self.worker_pids[events["worker"]] = events["pid"]
+                if self.num_workers > 0:
+                    self._held[events["worker"], events["slot"]] = batch["video"]
+                self._in_use = events["worker"]  # device None: its slot is freed when the next batch is asked for
+                if self.device is not None:
                     batch = batch_to_device(batch, self.device, spec.mean, spec.std)
-                    released[events["worker"]] += 1
+                    self._release_in_use()  # copied or normalised: the slot is free again
                 self._wait_s += time.perf_counter() - t0
                 self.batches_done += 1
                 self._counts.update(batches=1, samples=events["samples"], clips=events["clips"])
                 self._skipped.update(events["skipped"])
                 yield batch
+                if generation != self._generation:
+                    raise RuntimeError("data: this iteration was ended by a newer iter(loader) or close(); "
+                                       "iterate the newest one")
         finally:
             self._busy_s += time.perf_counter() - started
             del source
         self.epoch, self.batches_done = self.epoch + 1, 0
         self.dataset.remainder = None
+
+    def _start(self):
+        """The batches of a new iteration from (epoch, batches_done): the dataset itself without
+        workers; else the persistent workers, started on first use and told where to start."""
+        self.dataset.epoch, self.dataset.start_batch = self.epoch, self.batches_done
+        if self.num_workers == 0:
+            return iter(self.dataset)
+        self._release_in_use()  # asking for the new iteration's batches ends the last one handed out
+        if self._workers is None or not self.dataset.publish():
+            self.close()
+            self.dataset.released = new_release_counters(self.num_workers)
+            self.dataset.share_iteration()
+            self.dataset.publish()
+            self._workers = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                       prefetch_factor=self.prefetch_factor, persistent_workers=True)
+        # restarts the workers' iteration: what they had in flight of the last one is dropped
+        return iter(self._workers)
+
+    def _next(self, source, total: int) -> tuple[dict, dict]:
+        try:
+            return next(source)
+        except StopIteration:
+            self.close()
+            raise RuntimeError(f"data: workers stopped after {self.batches_done} of {total} batches") from None
+        except BaseException:
+            self.close()  # a worker failed or died: the next iteration starts new ones
+            raise
+
+    def _release_in_use(self) -> None:
+        if self._in_use is not None and self.num_workers > 0:
+            self.dataset.released[self._in_use] += 1
+        self._in_use = None
+
+    def close(self) -> None:
+        """Stop the workers and their decode helpers now (garbage collection of the loader does too);
+        an open iteration ends, and the next one starts new workers."""
+        self._release_in_use()  # a worker waiting for that ring slot could not see the stop request
+        self._generation += 1
+        if self._workers is not None and self._workers._iterator is not None:
+            self._workers._iterator._shutdown_workers()  # what torch runs when its iterator is collected
+        self._workers = None
+        self._held.clear()
 
     def stats(self) -> dict:
         """Counters since construction, for the trainer's logs."""
