@@ -4,6 +4,7 @@ the batches stay exactly those of a loader that starts new workers per epoch (th
 import gc
 import json
 import os
+import signal
 import time
 
 import pytest
@@ -195,6 +196,17 @@ def test_an_elastic_state_loaded_into_running_workers(folder):
     loader.set_epoch(1)
     assert_same(run(loader), fresh(folder, 1, batch_size=4, streams_per_rank=2))
     assert set(loader.worker_pids.values()) == after
+
+
+def test_a_worker_killed_between_epochs_fails_one_iteration_only(folder):
+    loader = loader_of(folder)
+    run(loader)
+    with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid \d+\) is killed by signal"):
+        os.kill(loader.worker_pids[1], signal.SIGKILL)
+        time.sleep(10)  # torch's SIGCHLD handler raises in this process meanwhile
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        run(loader)
+    assert_same(run(loader), fresh(folder, 1))  # new workers, from where it stood
 
 
 def test_workers_exit_when_the_loader_is_collected(folder):

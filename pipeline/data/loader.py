@@ -43,7 +43,8 @@ process. Each new iteration publishes (epoch, start batch) to them through share
 before that, this process releases the ring slot it still held, so a worker counts every older batch
 as free (batch_ring.py). An iteration replaced by a newer one raises if resumed. Only a state whose
 elastic remainder (below) differs from the one the workers started with starts new workers. A worker
-that fails or dies ends them all; the next iteration starts new ones.
+that fails or dies (idle between iterations too: torch's SIGCHLD handler then raises here at once)
+ends them all, the iteration under way raising; the next one starts new workers.
 
 Exact resume: state_dict() counts the batches handed out, so after load_state_dict() the loader
 yields exactly the batches an uninterrupted run would have yielded next; skipped-over samples are
@@ -167,8 +168,11 @@ class ClipLoader:
             self.dataset.publish()
             self._workers = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                        prefetch_factor=self.prefetch_factor, persistent_workers=True)
-        # restarts the workers' iteration: what they had in flight of the last one is dropped
-        return iter(self._workers)
+        try:  # restarts the workers' iteration: what they had in flight of the last one is dropped
+            return iter(self._workers)
+        except BaseException:
+            self.close()  # a worker died since the last iteration: the next one starts new ones
+            raise
 
     def _next(self, source, total: int) -> tuple[dict, dict]:
         try:
