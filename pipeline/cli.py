@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "convert": ("pipeline.models.convert_cli", "import a checkpoint (HF, VideoMAE .pth, timm ViT) as a backbone folder"),
     "finetune": ("pipeline.tasks.finetune_cli", "fine-tune an encoder on a task (classification, segmentation, tracking)"),
     "eval": ("pipeline.tasks.eval_cli", "a task's standard metric for a checkpoint, with pictures (eval.json)"),
+    "probe": ("pipeline.probe.cli", "frozen evaluation of an encoder: k-NN, linear and attentive probes (probe.json)"),
 }
 
 

@@ -550,3 +550,61 @@ class FinetuneConfig:
         if self.task.kind == "classification" and self.task.head == "linear" and self.task.head_norm == "batch" \
                 and self.data.batch_size < 2:
             raise ConfigError(f"task.head_norm: batch needs data.batch_size >= 2 per process, got {self.data.batch_size}")
+
+
+PROBE_METHODS = ("knn", "linear", "attentive")  # probe.methods (pipeline/probe)
+
+
+@dataclass
+class ProbeSettings:
+    """Frozen evaluation (`vssl probe`, pipeline/probe): probes trained on cached features of a
+    frozen encoder. Views per clip: data.eval_clips x data.eval_crops."""
+
+    methods: list[str] = field(default_factory=lambda: list(PROBE_METHODS))
+    train_split: str = "train"  # the probes' training data (its labelled samples)
+    eval_split: str = "val"  # the reported split; never used to choose anything
+    holdout_fraction: float = 0.2  # of train_split's labels, per class: where a grid member is chosen
+    knn_k: list[int] = field(default_factory=lambda: [10, 20])
+    knn_temperature: float = 0.07
+    linear_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2])
+    linear_weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])
+    linear_epochs: int = 100
+    attentive_lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    attentive_weight_decays: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    attentive_epochs: int = 20
+    max_tokens: int = 256  # attentive: tokens per view kept (the grid average-pooled down to it)
+    batch_size: int = 256  # probe training mini-batch (views)
+    seed: int = 0  # probe initialisation, batch order, and the random-init encoder
+    output_dir: str = "runs/probe"
+    cache: bool = True  # reuse features extracted before for the same encoder, data and split
+
+    def validate(self) -> None:
+        if not self.methods:
+            raise ConfigError("probe.methods: name at least one of " + ", ".join(PROBE_METHODS))
+        for method in self.methods:
+            _choice("probe.methods", method, PROBE_METHODS)
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError(f"probe.holdout_fraction: must be in (0, 1), got {self.holdout_fraction}")
+        if not self.knn_k or min(self.knn_k) < 1:
+            raise ConfigError(f"probe.knn_k: need integers >= 1, got {self.knn_k}")
+        for name in ("linear_lrs", "attentive_lrs"):
+            if not getattr(self, name) or min(getattr(self, name)) <= 0:
+                raise ConfigError(f"probe.{name}: need learning rates > 0, got {getattr(self, name)}")
+        for name in ("linear_weight_decays", "attentive_weight_decays"):
+            if not getattr(self, name) or min(getattr(self, name)) < 0:
+                raise ConfigError(f"probe.{name}: need weight decays >= 0, got {getattr(self, name)}")
+        for name in ("linear_epochs", "attentive_epochs", "max_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"probe.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.knn_temperature <= 0:
+            raise ConfigError(f"probe.knn_temperature: must be > 0, got {self.knn_temperature}")
+
+
+@dataclass
+class ProbeConfig:
+    """`vssl probe`: a frozen encoder (model; --init sets model.pretrained), the labelled data
+    its features come from (data: recipes set mask_type none, center crops) and the probes."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)

@@ -50,3 +50,19 @@ def uninterrupted() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if caught:
             signal.raise_signal(signal.SIGINT)  # now handled by whatever handler was there before
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """`write(tmp_path)` writes the file at a temporary sibling of `path`; it is then flushed to
+    disk and renamed into place, so `path` is either absent, the old file, or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
+    return path

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, FinetuneConfig, from_dict, to_dict
+from pipeline.config import ConfigError, DataConfig, FinetuneConfig, from_dict, to_dict
 from pipeline.data.normalize import normalize_video
 from pipeline.models.base import VideoBackbone
 from pipeline.models.build import build_encoder, load_encoder, run_kind, step_folder
@@ -85,13 +85,13 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _fresh_batches(cfg: FinetuneConfig, encoder: VideoBackbone):
-    """Evaluation batches of task.eval_split with every video counted once: (batch, rows to keep);
+def fresh_batches(data: DataConfig, patch_size: tuple[int, int, int], split: str):
+    """Evaluation batches of `split` with every video's views counted once: (batch, rows to keep);
     the video normalised on the evaluation device, everything else on the CPU."""
     from pipeline.data.loader import build_loader
 
     device = _device()
-    loader = build_loader(cfg.data, patch_size=encoder.patch_size, split=cfg.task.eval_split, train=False,
+    loader = build_loader(data, patch_size=patch_size, split=split, train=False,
                           device=None)  # uint8, normalised below straight from the workers' buffers
     seen: set[str] = set()
     for batch in loader:
@@ -103,7 +103,7 @@ def _fresh_batches(cfg: FinetuneConfig, encoder: VideoBackbone):
             if fresh:
                 keep.append(row)
         if keep:
-            batch["video"] = normalize_video(batch["video"], device, cfg.data.mean, cfg.data.std)
+            batch["video"] = normalize_video(batch["video"], device, data.mean, data.std)
             yield batch, torch.tensor(keep, dtype=torch.long)
 
 
@@ -115,7 +115,7 @@ def _frames(video: torch.Tensor, cfg: FinetuneConfig) -> np.ndarray:
 def evaluate_classification(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
     device = _device()
     scores, keys, labels = [], [], {}
-    for batch, keep in _fresh_batches(cfg, model.encoder):
+    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split):
         scores.append(model(batch["video"][keep].to(device)).float().cpu())
         keys += [batch["key"][i] for i in keep]
         labels.update({batch["key"][i]: int(batch["label"][i]) for i in keep})
@@ -141,7 +141,7 @@ def evaluate_segmentation(model: TaskModel, cfg: FinetuneConfig, out: Path) -> d
     device, num_classes = _device(), cfg.task.num_classes
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     pictures, clips = [], 0
-    for batch, keep in _fresh_batches(cfg, model.encoder):
+    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split):
         if "masks" not in batch:
             raise ConfigError(f"data.shards: segmentation needs samples with masks ({batch['key'][0]} has none)")
         video, truth = batch["video"][keep], batch["masks"][keep].long()
@@ -163,7 +163,7 @@ def evaluate_segmentation(model: TaskModel, cfg: FinetuneConfig, out: Path) -> d
 def evaluate_tracking(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
     device, task = _device(), cfg.task
     predicted_all, truth_all, pictures, clips = [], [], [], 0
-    for batch, keep in _fresh_batches(cfg, model.encoder):
+    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split):
         if "boxes" not in batch:
             raise ConfigError(f"data.shards: tracking needs samples with boxes ({batch['key'][0]} has none)")
         for i in keep.tolist():

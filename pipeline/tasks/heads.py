@@ -98,7 +98,10 @@ class AttentiveProbe(nn.Module):
         query = self.query.expand(batch, -1, -1)
         k, v = self.kv(self.norm_tokens(tokens)).reshape(batch, -1, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
         q = self.q(query).reshape(batch, -1, heads, dim // heads).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, -1, dim)
+        # explicit attention (a few queries: as cheap as SDPA), which torch.func.vmap batches over a
+        # grid of probes (pipeline/probe/attentive.py); SDPA has no batching rule on the CPU
+        weights = (q @ k.transpose(-2, -1) * (dim // heads) ** -0.5).softmax(dim=-1)
+        attended = (weights @ v).transpose(1, 2).reshape(batch, -1, dim)
         x = query + self.proj(attended)
         x = x + self.mlp(self.norm_mlp(x))
         return self.fc(self.norm_out(x).mean(dim=1))
