@@ -444,6 +444,10 @@ class TrainConfig:
     resume: str = "auto"  # auto: latest complete checkpoint in output_dir | never | a folder
     dist_timeout_s: float = 600.0
     peak_tflops: float = 0.0  # the device's dense bf16 peak for MFU; 0: from the GPU's name where known
+    # representation monitors (pipeline/train/online_eval.py): k-NN top-1 and collapse figures
+    eval_every: int = 0  # steps; 0 = off
+    eval_videos: int = 128  # the first this many videos of eval_split, one view each
+    eval_split: str = "val"  # the train split when the shards have none of this name
 
     def validate(self) -> None:
         if self.mixed_precision is False:
@@ -451,6 +455,9 @@ class TrainConfig:
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train.mixed_precision: must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         _choice("train.device", self.device, ("auto", "cuda", "cpu"))
+        if self.eval_every < 0 or self.eval_videos < 4:
+            raise ConfigError(f"train.eval_every: must be >= 0 and train.eval_videos >= 4, got {self.eval_every} "
+                              f"and {self.eval_videos}")
         _choice("train.compile_backend", self.compile_backend, ("inductor", "aot_eager"))
         if self.compile_backend != "inductor" and not self.compile:
             raise ConfigError("train.compile_backend: set train.compile=true to use it")

@@ -85,8 +85,9 @@ def cache_path(cache_dir: Path, encoder_digest: str, data: DataConfig, split: st
 
 @torch.no_grad()
 def extract(encoder: VideoBackbone, data: DataConfig, split: str, max_tokens: int, tokens: bool = True,
-            device: torch.device | None = None) -> FeatureSet:
-    """Encode every video of `split` (each view once) with the frozen encoder."""
+            device: torch.device | None = None, limit: int | None = None) -> FeatureSet:
+    """Encode every video of `split` (each view once; the first `limit` videos in the loader's
+    fixed evaluation order when given) with the frozen encoder, which is left in eval mode."""
     from pipeline.tasks.evaluate import _device, fresh_batches
     from pipeline.train.engine import evaluation_autocast
 
@@ -103,7 +104,12 @@ def extract(encoder: VideoBackbone, data: DataConfig, split: str, max_tokens: in
             rows = keep.tolist()
             labels += [int(batch["label"][i]) for i in rows[::views]]
             keys += [batch["key"][i] for i in rows[::views]]
+            if limit is not None and len(keys) >= limit:
+                break
     pooled_all = torch.cat(pooled)
+    if limit is not None and len(keys) > limit:
+        pooled_all, keys, labels = pooled_all[:limit * views], keys[:limit], labels[:limit]
+        grids = [torch.cat(grids)[:limit * views]] if tokens else grids
     n = pooled_all.shape[0] // views
     if n * views != pooled_all.shape[0] or n != len(keys):
         raise RuntimeError(f"probe features of split {split!r}: {pooled_all.shape[0]} views for {len(keys)} videos "

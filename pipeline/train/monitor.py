@@ -7,8 +7,9 @@ Rank 0 writes into `train.output_dir`:
                     interval and the ranks), lr, grad_norm, clips_per_s and data_wait over the
                     interval's wall time, mfu (where the GPU's peak is known or train.peak_tflops
                     is set), data_skipped (bad samples rank 0's loader skipped since this process
-                    began), the objective's logs (rank 0's, interval means); on resume, lines past
-                    the resumed step are dropped first
+                    began), the objective's logs (rank 0's, interval means), and the online
+                    evaluation's figures (knn_top1, feature_std, rankme, dead_channels) in the
+                    first record after it ran; on resume, lines past the resumed step are dropped first
     tb/             TensorBoard scalars (and images)
     images/step-NNNNNN.png   the objective's picture (input / masked / reconstruction ...)
 """
@@ -105,6 +106,7 @@ class Monitor:
         if self.peak is None and torch.cuda.is_available() and acc.device.type == "cuda":
             self.peak = peak_flops(torch.cuda.get_device_name(acc.device))
         self.flops_per_clip = None
+        self.shown: dict[str, str] = {}  # the last online evaluation, on the progress bar
         self._reset(time.perf_counter())
         if not self.main:
             return
@@ -133,6 +135,18 @@ class Monitor:
     def _reset(self, now: float) -> None:
         self.since, self.steps, self.clips, self.wait = now, 0, 0, 0.0
         self.sums: dict = {}
+        self.noted: dict = {}
+
+    def note(self, step: int, values: dict[str, float]) -> None:
+        """Figures measured at `step` outside the step (online evaluation): to TensorBoard now, into
+        the next metrics record, onto the progress bar."""
+        if not self.main:
+            return
+        self.noted.update(values)
+        self.shown.update({k: f"{v:.3f}" for k, v in values.items() if k in ("knn_top1", "rankme")})
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(f"eval/{k}", v, step)
 
     def warn(self, message: str) -> None:
         if self.main:
@@ -160,7 +174,7 @@ class Monitor:
         if "loss" in keys and self.acc.num_processes > 1:
             loss = self.acc.reduce(values[keys.index("loss")].clone(), reduction="mean")
             values[keys.index("loss")] = loss
-        record = {"step": step, **dict(zip(keys, read_on_host(values))), "lr": lr, **(extra or {})}
+        record = {"step": step, **dict(zip(keys, read_on_host(values))), "lr": lr, **(extra or {}), **self.noted}
         elapsed = max(now - self.since, 1e-9)
         record["clips_per_s"] = self.clips / elapsed
         record["data_wait"] = self.wait / elapsed
@@ -182,7 +196,7 @@ class Monitor:
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", clips_s=f"{record['clips_per_s']:.1f}",
-                                 wait=f"{100 * record['data_wait']:.0f}%")
+                                 wait=f"{100 * record['data_wait']:.0f}%", **self.shown)
         return record
 
     def picture(self, step: int, batch) -> None:

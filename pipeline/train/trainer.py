@@ -32,6 +32,7 @@ from pipeline.host import read_on_host
 from pipeline.train import checkpoint as ck
 from pipeline.train.engine import make_engine
 from pipeline.train.monitor import Monitor, warn
+from pipeline.train.online_eval import OnlineEval
 from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
 
 FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: steps whose loss becomes NaN, once per mention
@@ -253,6 +254,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
 
     step = resumed_from or 0
     monitor = Monitor(cfg, acc, objective, resumed_from=step, zero3=engine.zero_stage == 3)
+    online = OnlineEval(cfg, objective) if tc.eval_every else None
     after_step = getattr(objective, "after_step", None)
     nan_steps = _nan_steps()
     stop = _StopRequest()
@@ -359,6 +361,11 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
             monitor.accumulate(total, grad_norm, logs, batch["video"].shape[0] * tc.grad_accum * acc.num_processes,
                                wait)
             last_step = step == tc.max_steps or stop_now
+            if online is not None and step % tc.eval_every == 0 and (acc.is_main_process or engine.zero_stage == 3):
+                figures, collapse = online.run(acc.device)  # under ZeRO-3 every rank encodes (gathers)
+                monitor.note(step, figures)
+                if collapse:
+                    monitor.warn(f"step {step}: {collapse}")
             if step % tc.log_every == 0 or last_step:
                 extra = {}
                 if engine.deepspeed:
