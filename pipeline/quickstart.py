@@ -5,11 +5,13 @@
 1. `vssl synth`    labelled synthetic videos (motion classes, boxes, masks) -> OUT/raw
 2. `vssl shard`    the Kinetics-style CSV -> WebDataset shards + manifest -> OUT/shards
 3. `vssl pretrain` recipes/pretrain/quickstart.yaml (VideoMAE, tiny ViT) -> OUT/pretrain
-4. `vssl finetune` recipes/finetune/classification.yaml --init OUT/pretrain --eval -> OUT/finetune
-   (top-1 / top-5 on the validation split, confusion-matrix picture)
+4. `vssl probe`    recipes/probe/synth.yaml, k-NN on frozen features, twice: --init OUT/pretrain
+   -> OUT/probe/pretrained, and the same architecture at random init -> OUT/probe/random
+   (what pretraining bought, measured as the field measures it; the fine-tuning verbs are in
+   the README)
 
 Every step is the real verb, called as a user would, and each is resumable: re-running skips
-finished synthesis, finished shards and finished training steps.
+finished synthesis, finished shards and finished training steps (and reuses cached features).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="folder for everything it makes")
     parser.add_argument("--per-class", type=int, default=16, help="synthetic videos per class (8 classes)")
     parser.add_argument("--steps", type=int, default=150, help="pretraining steps")
-    parser.add_argument("--finetune-steps", type=int, default=100, help="fine-tuning steps")
     parser.add_argument("--workers", type=int, default=2, help="worker processes for synth, shard and loading")
 
 
@@ -61,7 +62,7 @@ def plot_losses(records: list[dict], path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    raw, shards, pretrain, finetune = out / "raw", out / "shards", out / "pretrain", out / "finetune"
+    raw, shards, pretrain = out / "raw", out / "shards", out / "pretrain"
     if not (raw / "synth.json").is_file():
         _step("synthesize", ["synth", "--out", str(raw), "--per-class", str(args.per_class), "--frames", "16",
                              "--size", "64", "--seed", "0", "--workers", str(args.workers)])
@@ -71,10 +72,12 @@ def run(args: argparse.Namespace) -> int:
     _step("pretrain", ["pretrain", str(RECIPES / "pretrain" / "quickstart.yaml"), "--set", f"data.shards={shards}",
                        "--set", f"train.output_dir={pretrain}", "--set", f"train.max_steps={args.steps}",
                        "--set", f"data.num_workers={args.workers}"])
-    _step("finetune", ["finetune", str(RECIPES / "finetune" / "classification.yaml"), "--init", str(pretrain),
-                       "--set", f"data.shards={shards}", "--set", f"train.output_dir={finetune}",
-                       "--set", f"train.max_steps={args.finetune_steps}", "--set", f"data.num_workers={args.workers}",
-                       "--eval"])
+    probes = {}
+    for name, init in (("pretrained", ["--init", str(pretrain)]), ("random", [])):
+        _step(f"probe ({name})", ["probe", str(RECIPES / "probe" / "synth.yaml"), *init, "--out",
+                                  str(out / "probe" / name), "--set", f"data.shards={shards}", "--set",
+                                  "probe.methods=[knn]", "--set", f"data.num_workers={args.workers}"])
+        probes[name] = json.loads((out / "probe" / name / "probe.json").read_text())
     records = [json.loads(line) for line in (pretrain / "metrics.jsonl").read_text().splitlines() if line.strip()]
     pictures = sorted((pretrain / "images").glob("step-*.png"))
     print(f"\nquickstart: pretraining loss {records[0]['loss']:.3f} -> {records[-1]['loss']:.3f} "
@@ -82,13 +85,10 @@ def run(args: argparse.Namespace) -> int:
     if pictures:
         print(f"quickstart: reconstructions (input / masked / reconstruction): {pictures[-1]}")
     print(f"quickstart: loss curve: {plot_losses(records, pretrain / 'loss.png')}")
-    report = json.loads((finetune / "eval.json").read_text())
-    classes = len(report["per_class_accuracy"])
-    print(f"quickstart: fine-tuned classifier on the val split: top-1 {report['metrics']['top1']:.3f}, "
-          f"top-5 {report['metrics']['top5']:.3f} ({args.finetune_steps} steps from the pretrained encoder; "
-          f"{report['videos']} val videos, {classes} classes, chance {1 / classes:.3f})")
-    print("quickstart: a smoke run at toy size; `python -m benchmarks transfer` measures what pretraining buys")
-    for picture in report.get("pictures", []):
-        print(f"quickstart: picture: {picture}")
+    classes = probes["random"]["num_classes"]
+    for k in probes["pretrained"]["knn"]:
+        print(f"quickstart: frozen k-NN ({k}) top-1 on {probes['pretrained']['videos']['eval']} val videos: "
+              f"pretrained {probes['pretrained']['knn'][k]:.3f}, random init {probes['random']['knn'][k]:.3f} "
+              f"(chance {1 / classes:.3f})")
     print(f"quickstart: TensorBoard: tensorboard --logdir {out}")
     return 0
