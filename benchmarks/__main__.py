@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import pkgutil
 import platform
@@ -31,9 +32,15 @@ def device_name() -> str:
     return f"cpu:{platform.processor() or platform.machine()}x{__import__('os').cpu_count()}"
 
 
-def run_one(name: str, quick: bool) -> dict:
+def run_one(name: str, quick: bool, device: str = "cpu") -> dict:
     module = importlib.import_module(f"benchmarks.{name}")
-    result = module.run(quick=quick)
+    if "device" in inspect.signature(module.run).parameters:
+        result = module.run(quick=quick, device=device)
+    elif device != "cpu":
+        raise SystemExit(f"python -m benchmarks: {name} has no --device option (it measures what it measures on "
+                         f"whatever is there)")
+    else:
+        result = module.run(quick=quick)
     return {"benchmark": name, "metrics": result["metrics"], "goals": result.get("goals", {}),
             "device": device_name(), "quick": quick}
 
@@ -43,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=names + ["all"])
     parser.add_argument("--quick", action="store_true", help="about a minute on 2 cores")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where benchmarks that take it run (transfer scales its budgets up for one GPU)")
     args = parser.parse_args(argv)
     todo = names if args.name == "all" else [args.name]
     for name in todo:
-        print(json.dumps(run_one(name, args.quick)), flush=True)
+        print(json.dumps(run_one(name, args.quick, args.device)), flush=True)
     return 0
 
 
