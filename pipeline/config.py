@@ -417,6 +417,9 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.decoder_dim: {self.decoder_dim} not divisible by decoder_heads")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to (pipeline/train/trackers.py)
+
+
 @dataclass
 class TrainConfig:
     """The trainer (pipeline/train)."""
@@ -444,6 +447,7 @@ class TrainConfig:
     resume: str = "auto"  # auto: latest complete checkpoint in output_dir | never | a folder
     dist_timeout_s: float = 600.0
     peak_tflops: float = 0.0  # the device's dense bf16 peak for MFU; 0: from the GPU's name where known
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # + wandb, mlflow (pipeline/train/trackers.py)
     # representation monitors (pipeline/train/online_eval.py): k-NN top-1 and collapse figures
     eval_every: int = 0  # steps; 0 = off
     eval_videos: int = 128  # the first this many videos of eval_split, one view each
@@ -459,6 +463,8 @@ class TrainConfig:
             raise ConfigError(f"train.eval_every: must be >= 0 and train.eval_videos >= 4, got {self.eval_every} "
                               f"and {self.eval_videos}")
         _choice("train.compile_backend", self.compile_backend, ("inductor", "aot_eager"))
+        for tracker in self.report_to:
+            _choice("train.report_to", tracker, TRACKERS)
         if self.compile_backend != "inductor" and not self.compile:
             raise ConfigError("train.compile_backend: set train.compile=true to use it")
         if self.peak_tflops < 0:

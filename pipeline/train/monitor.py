@@ -10,7 +10,8 @@ Rank 0 writes into `train.output_dir`:
                     began), the objective's logs (rank 0's, interval means), and the online
                     evaluation's figures (knn_top1, feature_std, rankme, dead_channels) in the
                     first record after it ran; on resume, lines past the resumed step are dropped first
-    tb/             TensorBoard scalars (and images)
+    tb/             TensorBoard scalars and images (and, per train.report_to, W&B / MLflow runs:
+                    pipeline/train/trackers.py)
     images/step-NNNNNN.png   the objective's picture (input / masked / reconstruction ...)
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from pipeline.config import PretrainConfig, to_dict
 from pipeline.host import read_on_host
+from pipeline.train.trackers import Trackers, flat_params
 
 # dense (no sparsity) bf16 tensor-core peak FLOP/s per GPU, from vendor datasheets; the first
 # key contained in the device name wins, so variants come before their family (an SXM H100
@@ -101,7 +103,7 @@ class Monitor:
         self.cfg, self.acc, self.objective, self.zero3 = cfg, acc, objective, zero3
         self.main = acc.is_main_process
         self.out = Path(cfg.train.output_dir)
-        self.writer = self.bar = None
+        self.trackers = self.bar = None
         self.peak = cfg.train.peak_tflops * 1e12 or None
         if self.peak is None and torch.cuda.is_available() and acc.device.type == "cuda":
             self.peak = peak_flops(torch.cuda.get_device_name(acc.device))
@@ -121,12 +123,9 @@ class Monitor:
         self.metrics_path = self.out / "metrics.jsonl"
         truncate_metrics(self.metrics_path, resumed_from)
         self.metrics = open(self.metrics_path, "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tb"), purge_step=resumed_from + 1)
-        except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-            self.warn("tensorboard unavailable; scalars go to metrics.jsonl only")
+        params = {**flat_params(to_dict(cfg)), "manifest_sha256": info["manifest_sha256"] or "",
+                  "world_size": acc.num_processes, "global_batch_clips": global_batch}
+        self.trackers = Trackers(tc.report_to, self.out, params, resumed_from, self.warn)
         from tqdm import tqdm
 
         self.bar = tqdm(total=tc.max_steps, initial=resumed_from, desc="pretrain", unit="step",
@@ -144,9 +143,7 @@ class Monitor:
             return
         self.noted.update(values)
         self.shown.update({k: f"{v:.3f}" for k, v in values.items() if k in ("knn_top1", "rankme")})
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(f"eval/{k}", v, step)
+        self.trackers.scalars({f"eval/{k}": v for k, v in values.items()}, step)
 
     def warn(self, message: str) -> None:
         if self.main:
@@ -189,10 +186,7 @@ class Monitor:
             return record
         self.metrics.write(json.dumps(record) + "\n")
         self.metrics.flush()
-        if self.writer is not None:
-            for k, v in record.items():
-                if k != "step":
-                    self.writer.add_scalar(f"train/{k}", v, step)
+        self.trackers.scalars({f"train/{k}": v for k, v in record.items() if k != "step"}, step)
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}", clips_s=f"{record['clips_per_s']:.1f}",
@@ -216,14 +210,12 @@ class Monitor:
             return
         path = self.out / "images" / f"step-{step:06d}.png"
         Image.fromarray(image).save(path)
-        if self.writer is not None:
-            self.writer.add_image("train/picture", image, step, dataformats="HWC")
+        self.trackers.image("train/picture", image, step)
 
     def close(self) -> None:
         if not self.main:
             return
         self.metrics.close()
-        if self.writer is not None:
-            self.writer.close()
+        self.trackers.close()
         if self.bar is not None:
             self.bar.close()
