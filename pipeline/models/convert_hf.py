@@ -15,6 +15,8 @@
   `layers.N.attention.{q,k,v,o}_proj` (transformers 5) or `encoder.layer.N...` (older);
   gelu_fast -> act "gelu_tanh". The pooler (dense + tanh) is a head: reported unused.
 A prefix `videomae.` / `timesformer.` / `vivit.` (task models) is stripped; their heads are unused.
+The module tables below (BLOCK_MODULES, ATTENTION_OUT, TO_HF_ACTIVATION) serve both directions:
+pipeline/models/export.py writes the first name of each, the one transformers itself saves.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from pipeline.models.convert import ImportReport, WeightMap, finish, read_state_
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_fast": "gelu_tanh", "gelu_new": "gelu_tanh",
                   "gelu_pytorch_tanh": "gelu_tanh"}
+# ours -> the HF name computing exactly it (gelu_fast / gelu_new are other formulas of the tanh GELU)
+TO_HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+# our block module -> HF module names inside one HF layer, the name transformers saves first
+BLOCK_MODULES = {"norm2": ("layernorm_after",), "mlp.fc1": ("intermediate.dense", "mlp.fc1"),
+                 "mlp.fc2": ("output.dense", "mlp.fc2")}
+ATTENTION_OUT = ("output.dense", "o_proj")  # an attention's output projection, inside its HF module
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -92,7 +100,8 @@ class _Config:
                     mlp_ratio=self.int("intermediate_size") / width, num_frames=self.int("num_frames"),
                     img_size=self.square("image_size"), patch_size=list(patch),
                     in_chans=self.int("num_channels"), norm_eps=float(self.data.get("layer_norm_eps", 1e-12)),
-                    act=HF_ACTIVATIONS[act], **extra)
+                    act=HF_ACTIVATIONS[act], qkv_bias=bool(self.data.get("qv_bias", self.data.get("qkv_bias", True))),
+                    **extra)
 
 
 def _layer_prefix(wmap: WeightMap) -> str:
@@ -113,13 +122,12 @@ def _attention(wmap: WeightMap, src: str, dst: str) -> None:
         q_bias = keys[0] + ".bias" if keys[0] + ".bias" in wmap else src + "attention.q_bias"
         v_bias = keys[2] + ".bias" if keys[2] + ".bias" in wmap else src + "attention.v_bias"
         wmap.qkv_bias(dst + "qkv.bias", q_bias, keys[1] + ".bias", v_bias)
-    wmap.module(dst + "proj", src + "output.dense", src + "o_proj")
+    wmap.module(dst + "proj", *(src + name for name in ATTENTION_OUT))
 
 
 def _mlp(wmap: WeightMap, src: str, dst: str) -> None:
-    wmap.module(dst + "norm2", src + "layernorm_after")
-    wmap.module(dst + "mlp.fc1", src + "intermediate.dense", src + "mlp.fc1")
-    wmap.module(dst + "mlp.fc2", src + "output.dense", src + "mlp.fc2")
+    for ours, names in BLOCK_MODULES.items():
+        wmap.module(dst + ours, *(src + name for name in names))
 
 
 def _joint_block(wmap: WeightMap, src: str, dst: str) -> None:
