@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "pretrain": ("pipeline.train.pretrain_cli", "pretrain an encoder from a YAML recipe (VideoMAE or predictive)"),
     "quickstart": ("pipeline.quickstart", "run the whole pipeline end to end on synthetic data"),
     "convert": ("pipeline.models.convert_cli", "import a checkpoint (HF, VideoMAE .pth, timm ViT) as a backbone folder"),
+    "export": ("pipeline.models.export_cli", "export an encoder as a Hugging Face transformers folder (VideoMAE, TimeSformer, ViViT)"),
     "finetune": ("pipeline.tasks.finetune_cli", "fine-tune an encoder on a task (classification, segmentation, tracking)"),
     "eval": ("pipeline.tasks.eval_cli", "a task's standard metric for a checkpoint, with pictures (eval.json)"),
     "probe": ("pipeline.probe.cli", "frozen evaluation of an encoder: k-NN, linear and attentive probes (probe.json)"),
