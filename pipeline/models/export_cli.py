@@ -110,8 +110,9 @@ def model_card(model: VideoViT, source: Source, hf: HFModel, notes: list[str], o
     elif run_kind(run) == "finetune":
         trained = f"fine-tuned: {json.dumps(run.get('task', {}))}"
     else:
-        trained = (f"{run.get('objective', {}).get('name')} ({data.get('mask_type')} mask, ratio "
-                   f"{data.get('mask_ratio')})")
+        trained = run.get("objective", {}).get("name", "?")
+        if trained == "videomae":
+            trained += f" ({data.get('mask_type')} mask, ratio {data.get('mask_ratio')})"
     mean, std = data.get("mean", (0.485, 0.456, 0.406)), data.get("std", (0.229, 0.224, 0.225))
     rows = [("transformers class", f"`{hf.architecture}` (model_type `{hf.model_type}`)"),
             ("vssl architecture", f"`{cfg['name']}`: {cfg['attention']} attention, width {cfg['embed_dim']}, "
@@ -147,6 +148,7 @@ def _remove_dead_exports(out: Path) -> None:
 
 def write_folder(out: Path, files: dict[str, object], overwrite: bool) -> None:
     """`files` (name -> text, or a state dict for safetensors) written whole at `out`, or not at all."""
+    out = out.absolute()  # its siblings are named after it (also for OUT ".")
     if out.exists() and not overwrite:
         raise ExportError(f"{out}: already exists (pass --overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
