@@ -6,7 +6,8 @@
 
 Formats, guessed from the path by `detect_format` or named with `vssl shard --format`:
 folder and list (data_prep/sources.py), kinetics and ssv2 (data_prep/sources_datasets.py),
-shards (data_prep/sources_shards.py).
+shards (data_prep/sources_shards.py). The input, --root and --classes may be URLs (s3://, gs://,
+https://): every format but shards reads them through pipeline.storage.
 
 Per-item problems found while listing (a missing video, a duplicate key, an unknown label) do
 not stop the run: the item carries a `reject` reason and takes its place in quarantine.jsonl;
@@ -20,16 +21,19 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_prep.sources import Item, ListingError, list_folder, list_paths
+from data_prep.sources import Item, ListingError, base_name, list_folder, list_paths, read_text
 from data_prep.sources_datasets import list_kinetics, list_ssv2
 from data_prep.sources_shards import list_shards
+from pipeline import storage
 
 FORMATS = ("auto", "folder", "kinetics", "ssv2", "list", "shards")
 _SPLIT_OK = re.compile(r"^[A-Za-z0-9_]+$")
@@ -42,11 +46,11 @@ class Listing:
     format: str
 
 
-def load_classes(path: Path) -> list[str]:
+def load_classes(path: str | Path) -> list[str]:
     """Class names in label order from a .txt (one per line) or .json {"name": idx} (SSv2 labels)."""
     try:
-        text = path.read_text(encoding="utf-8")
-        mapping = json.loads(text) if path.suffix.lower() == ".json" else None
+        text = read_text(path)
+        mapping = json.loads(text) if str(path).lower().endswith(".json") else None
         by_index = {int(idx): name for name, idx in mapping.items()} if isinstance(mapping, dict) else None
     except (OSError, UnicodeDecodeError) as e:
         raise ListingError(f"{path}: cannot read class list ({e.__class__.__name__})") from None
@@ -96,19 +100,28 @@ def finalize(items: list[Item], classes: list[str] | None, fmt: str) -> Listing:
     return Listing(items=out, classes=list(classes), format=fmt)
 
 
+def _is_folder(spec: str) -> bool:
+    return storage.isdir(spec) if storage.is_url(spec) else os.path.isdir(spec)
+
+
+def _has_tars(spec: str) -> bool:
+    if storage.is_url(spec):
+        return any(name.endswith(".tar") for name in storage.listdir_cached(spec))
+    return any(Path(spec).glob("*.tar"))
+
+
 def detect_format(spec: str) -> str:
-    path = Path(spec)
-    if "{" in spec or path.suffix.lower() == ".tar":
+    suffix = os.path.splitext(base_name(spec))[1].lower()
+    if "{" in spec or suffix == ".tar":
         return "shards"
-    if path.is_dir():
-        return "shards" if any(path.glob("*.tar")) else "folder"
-    suffix = path.suffix.lower()
+    if _is_folder(spec):
+        return "shards" if _has_tars(spec) else "folder"
     if suffix == ".csv":
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            with io.StringIO(read_text(spec), newline="") as f:
                 header = {cell.strip() for cell in next(csv.reader(f), [])}
         except (OSError, UnicodeDecodeError) as e:
-            raise ListingError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
+            raise ListingError(f"{spec}: cannot read ({e.__class__.__name__}: {e})") from None
         return "kinetics" if header & {"youtube_id", "time_start", "time_end"} else "list"
     if suffix == ".json":
         return "ssv2"
@@ -124,23 +137,23 @@ def list_inputs(spec: str, fmt: str = "auto", root: str | None = None, split: st
         raise ListingError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if not _SPLIT_OK.match(split):
         raise ListingError(f"--split: {split!r} is not a plain name (letters, digits, _)")
-    if "{" not in spec and not Path(spec).exists():
+    exists = storage.exists(spec) or storage.isdir(spec) if storage.is_url(spec) else Path(spec).exists()
+    if "{" not in spec and not exists:
         raise ListingError(f"{spec}: input not found")
     if fmt == "auto":
         fmt = detect_format(spec)
-    root_path = Path(root) if root else None
-    if fmt in ("kinetics", "ssv2") and root_path is None:
+    if fmt in ("kinetics", "ssv2") and not root:
         raise ListingError(f"{spec}: the {fmt} format needs --root (the folder holding the videos)")
     hint = None
     if fmt == "folder":
-        items = list_folder(Path(spec), split, labels)
+        items = list_folder(spec, split, labels)
     elif fmt == "list":
-        items, hint = list_paths(Path(spec), root_path, split)
+        items, hint = list_paths(spec, root or None, split)
     elif fmt == "kinetics":
-        items = list_kinetics(Path(spec), root_path, split)
+        items = list_kinetics(spec, root, split)
     elif fmt == "ssv2":
-        items = list_ssv2(Path(spec), root_path, split)
+        items = list_ssv2(spec, root, split)
     else:
         items, hint = list_shards(spec, split)
-    classes = load_classes(Path(classes_file)) if classes_file else hint
+    classes = load_classes(classes_file) if classes_file else hint
     return finalize(items, classes, fmt)

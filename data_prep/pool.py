@@ -14,11 +14,14 @@ Results come back in submission order, so what a caller builds from them does no
 number of workers. At most `ahead` tasks are in flight or waiting to be yielded.
 
 Workers start from a forkserver (cheap to replace, and safe when the parent has threads), and
-a task's clock starts only once its worker is up and has imported `fn`'s module.
+a task's clock starts only once its worker is up and has imported `fn`'s module and the `preload`
+modules (e.g. the storage backend the run's URLs need: pipeline.storage.backend_modules); the
+forkserver imports them too when this is the process's first pool, so each worker need not.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import signal
 import time
@@ -37,8 +40,10 @@ class TaskFailed:
     reason: str
 
 
-def _worker_main(conn: Connection, fn: Callable, args: tuple) -> None:
+def _worker_main(conn: Connection, fn: Callable, args: tuple, preload: tuple[str, ...]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
+    for module in preload:
+        importlib.import_module(module)
     conn.send(_READY)  # fn's module is imported by now, so no task's time bound pays for imports
     while True:
         try:
@@ -58,9 +63,9 @@ def _worker_main(conn: Connection, fn: Callable, args: tuple) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, fn: Callable, args: tuple):
+    def __init__(self, ctx: Any, fn: Callable, args: tuple, preload: tuple[str, ...]):
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, fn, args), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, fn, args, preload), daemon=True)
         self.process.start()
         child.close()
         self.seq = -1
@@ -93,11 +98,11 @@ class _Worker:
 
 
 class KillablePool:
-    def __init__(self, fn: Callable, workers: int, timeout_s: float, args: tuple = ()):
+    def __init__(self, fn: Callable, workers: int, timeout_s: float, args: tuple = (), preload: tuple[str, ...] = ()):
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload([fn.__module__])
-        self._fn, self._args, self._timeout = fn, args, timeout_s
-        self._workers = [_Worker(self._ctx, fn, args) for _ in range(workers)]
+        self._ctx.set_forkserver_preload([fn.__module__, *preload])
+        self._fn, self._args, self._timeout, self._preload = fn, args, timeout_s, tuple(preload)
+        self._workers = [_Worker(self._ctx, fn, args, self._preload) for _ in range(workers)]
         try:
             for worker in self._workers:
                 worker.wait_ready()
@@ -106,7 +111,7 @@ class KillablePool:
             raise
 
     def _replace(self, worker: _Worker) -> _Worker:
-        fresh = _Worker(self._ctx, self._fn, self._args)
+        fresh = _Worker(self._ctx, self._fn, self._args, self._preload)
         self._workers[self._workers.index(worker)] = fresh
         fresh.wait_ready()
         return fresh

@@ -15,9 +15,13 @@ Each output clip is described by the list of source frames it shows (`frame_plan
 annotations follow that same list. The stored bytes are probed again for the SampleMeta, so the
 metadata describes exactly what is in the shard.
 
+An input read from a URL (pipeline.storage) is held in memory like a local one; a missing object
+is quarantined ("video not found"), but a store that stays unreachable or refuses the credentials
+is no fault of the input: the Outcome is `fatal` and the run stops there (re-running resumes).
+
 Test hooks (the env var VSSL_SHARD_TEST_FAULT, read by the parent and handed to the workers as
 `faults`): "hang=TEXT" sleeps forever, "crash=TEXT" SIGKILLs the worker and "vanish=TEXT" deletes the
-video file (listed, then gone before it is read) on items whose source contains TEXT; several are
+video file or object (listed, then gone before it is read) on items whose source contains TEXT; several are
 joined with ";".
 """
 
@@ -37,6 +41,7 @@ from data_prep.annotations import AnnotationError, Annotations, load_annotations
 from data_prep.encode import encode_mp4
 from data_prep.probe import VideoError, VideoInfo, check_decodes, one_line, open_video, probe, remux_mp4
 from data_prep.sources import Blob, Item
+from pipeline import storage
 from pipeline.config import ShardConfig
 from pipeline.data.shard_format import SampleMeta, sha256_bytes
 
@@ -60,6 +65,7 @@ class Sample:
 class Outcome:
     samples: list[Sample]
     reason: str = ""  # non-empty: the item is quarantined for this reason
+    fatal: bool = False  # the reason is the store's, not the item's: stop the run, do not quarantine
 
 
 def read_blob(blob: Blob, what: str) -> bytes:
@@ -67,7 +73,7 @@ def read_blob(blob: Blob, what: str) -> bytes:
     try:
         data = blob.read()
     except FileNotFoundError:
-        dangling = os.path.islink(blob.path)
+        dangling = not storage.is_url(blob.path) and os.path.islink(blob.path)
         raise VideoError(f"{what} not found" + (" (dangling symlink)" if dangling else "")) from None
     except IsADirectoryError:
         raise VideoError(f"{what} is a directory") from None
@@ -219,7 +225,10 @@ def _test_faults(item: Item, faults: dict[str, str]) -> None:
     if faults.get("crash") and faults["crash"] in names:
         os.kill(os.getpid(), signal.SIGKILL)
     if faults.get("vanish") and faults["vanish"] in names and item.video is not None:
-        os.unlink(item.video.path)
+        if storage.is_url(item.video.path):
+            storage.remove([item.video.path])
+        else:
+            os.unlink(item.video.path)
 
 
 def process_item(item: Item, cfg: ShardConfig, faults: dict[str, str]) -> Outcome:
@@ -231,3 +240,5 @@ def process_item(item: Item, cfg: ShardConfig, faults: dict[str, str]) -> Outcom
         return Outcome(_samples(item, cfg))
     except (VideoError, AnnotationError) as e:
         return Outcome([], str(e))
+    except storage.StorageError as e:
+        return Outcome([], str(e), fatal=True)

@@ -5,22 +5,28 @@
     vssl shard train.json --root 20bn/ --classes labels.json --split train --out shards/   # SSv2
     vssl shard paths.txt --out shards/ --segment-s 2 --workers 8
     vssl shard old_shards/ --out new_shards/ --transcode --gop 8
+    vssl shard s3://bucket/raw/ --out s3://bucket/shards/                  # object storage in and out
+    vssl shard s3://bucket/k400.csv --root s3://bucket/videos/ --out s3://bucket/k400/ \
+        --storage-endpoint http://minio:9000                               # an S3-compatible store
 
-Writes OUT/{split}-{index:06d}.tar, OUT/manifest.json (written last), OUT/quarantine.jsonl (every
+Inputs, --root, --classes and OUT may be URLs (s3://, gs://; https:// for inputs), with credentials
+from the usual places (AWS_* variables, ~/.aws, AWS_ENDPOINT_URL for S3-compatible stores; see
+pipeline/storage.py). Writes OUT/{split}-{index:06d}.tar, OUT/manifest.json (written last), OUT/quarantine.jsonl (every
 rejected input with its reason) and prints a summary. Re-running the same command resumes an
-interrupted run (see data_prep/shard_run.py); the output does not depend on --workers. Exit
-status: 0 when samples were written, 1 when every input was quarantined, 2 on a usage error.
+interrupted run (see data_prep/shard_run.py); the output does not depend on --workers or on where
+it is written. Exit status: 0 when samples were written, 1 when every input was quarantined, 2 on a
+usage error or a store that cannot be used (one line naming the URL; re-running resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from data_prep.listing import FORMATS, list_inputs
 from data_prep.shard_run import ShardRunError, shard_dataset
 from data_prep.sources import ListingError
+from pipeline import storage
 from pipeline.config import ShardConfig, from_dict
 
 # ShardConfig field -> (flag, help); a flag left out keeps the config default
@@ -40,8 +46,11 @@ _CONFIG_FLAGS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="folder, Kinetics .csv, SSv2 .json, path list .txt/.csv, or shards")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("input", help="folder, Kinetics .csv, SSv2 .json, path list .txt/.csv, or shards "
+                                       "(paths or URLs)")
+    parser.add_argument("--out", required=True, help="output folder or URL (s3://bucket/prefix/)")
+    parser.add_argument("--storage-endpoint", default="", metavar="URL",
+                        help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)")
     parser.add_argument("--format", default="auto", choices=FORMATS, help="input format (default: guess)")
     parser.add_argument("--root", help="folder holding the videos of a csv/json/list input")
     parser.add_argument("--split", default="train", help="split of inputs that do not name one")
@@ -83,12 +92,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     inputs = {"input": args.input, "format": args.format, "root": args.root, "split": args.split,
               "classes": args.classes, "labels": args.labels}
+    storage.set_endpoint(args.storage_endpoint)
     try:
         listing = list_inputs(args.input, fmt=args.format, root=args.root, split=args.split,
                               classes_file=args.classes, labels=args.labels)
-        summary = shard_dataset(listing, Path(args.out), cfg, command=_command(args, cfg), inputs=inputs,
+        summary = shard_dataset(listing, args.out, cfg, command=_command(args, cfg), inputs=inputs,
                                 overwrite=args.overwrite, progress=False if args.no_progress else None)
-    except (ListingError, ShardRunError) as e:
+    except (ListingError, ShardRunError, storage.StorageError) as e:
         print(f"vssl shard: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))

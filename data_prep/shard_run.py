@@ -3,20 +3,25 @@
     from data_prep.listing import list_inputs
     from data_prep.shard_run import shard_dataset
     listing = list_inputs("videos/")
-    summary = shard_dataset(listing, Path("shards"), ShardConfig(workers=2), command=["vssl", "shard", ...])
+    summary = shard_dataset(listing, "shards/", ShardConfig(workers=2), command=["vssl", "shard", ...])
+    summary = shard_dataset(listing, "s3://bucket/shards/", ShardConfig(workers=2))
     print("\\n".join(summary.lines()))
 
 Items are processed in worker processes (data_prep.pool) and their results consumed in listing
-order, so shards are byte-identical for any number of workers. Rejected items go to
-quarantine.jsonl (one JSON object per line, fsync'ed, in listing order). manifest.json is
-written last, atomically.
+order, so shards are byte-identical for any number of workers and wherever they are written.
+Rejected items go to quarantine.jsonl (one JSON object per line, in listing order). manifest.json
+is written last, atomically. OUT is a local folder or an object-store URL (data_prep/output.py
+holds how each commits; pipeline/data/shard_format.py the protocol readers rely on).
 
 Resuming: re-running the same command on the same OUT continues an interrupted run. The journal
 (data_prep.writer) lists every finished shard with its cursor range and sha256; each is checked
-against the file (a missing or altered shard is dropped with every later shard of its split and
-written again), partial `.tar.tmp` files are deleted, and items wholly inside finished shards
-are skipped. The result is the same bytes an uninterrupted run writes. A journal from a
+against the file (size and sha256; on a store, size and ETag) -- a missing or altered shard is
+dropped with every later shard of its split and written again -- partial `.tar.tmp` files and
+shards the journal does not vouch for are deleted, and items wholly inside finished shards are
+skipped. The result is the same bytes an uninterrupted run writes. A journal from a
 different command or input listing is refused unless `overwrite` clears OUT's shard files.
+A store that stays unreachable (after pipeline.storage's retries) stops the run with a one-line
+StorageError; nothing is quarantined for it, and re-running resumes.
 
 Test hook: VSSL_SHARD_TEST_KILL_AFTER_SHARDS=K SIGKILLs this process right after the K-th shard
 of the run is recorded (a crash at the worst moment, without any cleanup).
@@ -40,18 +45,17 @@ from typing import Any
 from tqdm import tqdm
 
 from data_prep.listing import Listing
+from data_prep.output import LocalOutput, StoreOutput, open_output
 from data_prep.pool import KillablePool, TaskFailed
 from data_prep.process import FAULT_ENV, Outcome, parse_faults, process_item
 from data_prep.sources import Item
-from data_prep.writer import JOURNAL_NAME, Cursor, JsonLines, SplitWriter
+from data_prep.writer import JOURNAL_NAME, Cursor, SplitWriter
+from pipeline import storage
 from pipeline.config import ShardConfig, to_dict
 from pipeline.durable import uninterrupted
-from pipeline.data.shard_format import (MANIFEST_NAME, QUARANTINE_NAME, TMP_SUFFIX, Manifest, ShardEntry,
-                                        sha256_file)
+from pipeline.data.shard_format import MANIFEST_NAME, TMP_SUFFIX, Manifest, ShardEntry
 
 KILL_ENV = "VSSL_SHARD_TEST_KILL_AFTER_SHARDS"
-_OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?|manifest\.json(\.tmp)?|quarantine\.jsonl(\.tmp)?|"
-                        + re.escape(JOURNAL_NAME) + r")$")
 
 
 class ShardRunError(ValueError):
@@ -90,29 +94,26 @@ def fingerprint(listing: Listing, cfg: ShardConfig, inputs: dict[str, Any]) -> s
     return h.hexdigest()
 
 
-def _open_out(out: Path, run_id: str, overwrite: bool) -> list[dict[str, Any]]:
-    """Journal records of an interrupted run of this same command (else []); clears what it must."""
-    out.mkdir(parents=True, exist_ok=True)
-    journal = out / JOURNAL_NAME
-    records = JsonLines.read(journal)
-    ours = [p for p in out.iterdir() if _OUR_FILES.match(p.name)]
+def _open_out(output: LocalOutput | StoreOutput, run_id: str, overwrite: bool
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Journal records and quarantine entries of an interrupted run of this same command (else []),
+    and the names of our files left in OUT; clears what it must."""
+    ours = output.names()
     if overwrite:
-        for p in ours:
-            p.unlink()
-        return []
+        output.remove(ours)
+        return [], [], []
+    records, quarantined = output.read_logs()
     if records and records[0].get("fingerprint") != run_id:
-        raise ShardRunError(f"{out}: holds a run of a different command or input listing "
+        raise ShardRunError(f"{output}: holds a run of a different command or input listing "
                             f"({JOURNAL_NAME}); pass --overwrite or use another --out")
-    if not records and any(p.name.endswith(".tar") or p.name == MANIFEST_NAME for p in ours):
-        raise ShardRunError(f"{out}: already holds shards not made by a resumable run; "
+    if not records and any(n.endswith(".tar") or n == MANIFEST_NAME for n in ours):
+        raise ShardRunError(f"{output}: already holds shards not made by a resumable run; "
                             f"pass --overwrite or use another --out")
-    for p in ours:
-        if p.name.endswith(".tar" + TMP_SUFFIX):
-            p.unlink()  # a partial shard of the interrupted run
-    return records
+    output.remove([n for n in ours if n.endswith(".tar" + TMP_SUFFIX)])  # partial shards of the interrupted run
+    return records, quarantined, ours
 
 
-def _verified(records: list[dict[str, Any]], out: Path
+def _verified(records: list[dict[str, Any]], output: LocalOutput | StoreOutput, ours: list[str]
               ) -> tuple[list[dict], dict[str, list[dict]], dict[str, Cursor]]:
     """The journal records still true, and per split: its finished shards and its resume cursor.
 
@@ -126,9 +127,7 @@ def _verified(records: list[dict[str, Any]], out: Path
     for rec in records:
         split = rec.get("split", "")
         if rec["event"] == "done":
-            path = out / rec["name"]
-            if split in broken or not (path.is_file() and path.stat().st_size == rec["bytes"]
-                                       and sha256_file(path) == rec["sha256"]):
+            if split in broken or not output.shard_intact(rec):
                 broken.add(split)
                 continue
             done.setdefault(split, []).append(rec)
@@ -137,14 +136,12 @@ def _verified(records: list[dict[str, Any]], out: Path
             cursor.setdefault(split, tuple(rec["start"]))
         kept.append(rec)
     names = {rec["name"] for recs in done.values() for rec in recs}
-    for p in out.glob("*.tar"):
-        if _OUR_FILES.match(p.name) and p.name not in names:
-            p.unlink()
+    output.remove([n for n in ours if n.endswith(".tar") and n not in names])
     return kept, done, cursor
 
 
-def _write_manifest(out: Path, listing: Listing, shards: list[dict[str, Any]], quarantined: int,
-                    cfg: ShardConfig, command: list[str], inputs: dict[str, Any]) -> Manifest:
+def _manifest(listing: Listing, shards: list[dict[str, Any]], quarantined: int, cfg: ShardConfig,
+              command: list[str], inputs: dict[str, Any]) -> Manifest:
     shards = sorted(shards, key=lambda r: r["name"])
     by_split: Counter = Counter()
     for rec in shards:
@@ -157,19 +154,27 @@ def _write_manifest(out: Path, listing: Listing, shards: list[dict[str, Any]], q
         classes=listing.classes, totals=totals, quarantined=quarantined, command=command,
         config={"shard": to_dict(cfg), "inputs": inputs},
         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    manifest.write(out)
     return manifest
 
 
-def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[str] | None = None,
+def shard_dataset(listing: Listing, out: str | Path, cfg: ShardConfig, command: list[str] | None = None,
                   inputs: dict[str, Any] | None = None, overwrite: bool = False,
                   progress: bool | None = None) -> Summary:
-    """Write (or finish writing) the shards of `listing` into `out`; see the module docstring."""
+    """Write (or finish writing) the shards of `listing` into `out` (a folder or URL); see the module
+    docstring."""
+    output = open_output(out)
+    try:
+        return _shard(listing, output, cfg, command, inputs or {}, overwrite, progress)
+    finally:
+        output.close()
+
+
+def _shard(listing: Listing, output: LocalOutput | StoreOutput, cfg: ShardConfig, command: list[str] | None,
+           inputs: dict[str, Any], overwrite: bool, progress: bool | None) -> Summary:
     started = time.monotonic()
-    inputs = inputs or {}
     run_id = fingerprint(listing, cfg, inputs)
-    records = _open_out(out, run_id, overwrite)
-    kept, done, cursor = _verified(records, out)
+    records, quarantined, ours = _open_out(output, run_id, overwrite)
+    kept, done, cursor = _verified(records, output, ours)
     restart = min((c[0] for c in cursor.values()), default=0)
 
     def resume_at(split: str) -> Cursor:
@@ -178,11 +183,11 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
 
     items = listing.items
     settled = sum(1 for it in items if it.index < resume_at(it.split)[0])
-    quarantine = JsonLines(out / QUARANTINE_NAME, [e for e in JsonLines.read(out / QUARANTINE_NAME)
-                                                    if e["index"] < resume_at(e["split"])[0]])
-    journal = JsonLines(out / JOURNAL_NAME, kept or [{"event": "start", "fingerprint": run_id, "items": len(items)}])
+    journal, quarantine = output.open_logs(
+        kept or [{"event": "start", "fingerprint": run_id, "items": len(items)}],
+        [e for e in quarantined if e["index"] < resume_at(e["split"])[0]])
     max_bytes = int(cfg.shard_size_mb * 1e6)
-    writers = {split: SplitWriter(out, split, max_bytes, cfg.max_samples_per_shard, journal, recs)
+    writers = {split: SplitWriter(output, split, max_bytes, cfg.max_samples_per_shard, journal, recs)
                for split, recs in done.items()}
     seen = {key for recs in done.values() for rec in recs for key in rec["keys"]}
     kill_after, closed = int(os.environ.get(KILL_ENV, "0") or 0), 0
@@ -196,6 +201,9 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
     def take(item: Item, outcome: Outcome | TaskFailed) -> None:
         """Write an item's samples (those past its split's resume cursor), or quarantine it."""
         at = resume_at(item.split)
+        if isinstance(outcome, Outcome) and outcome.fatal:
+            raise ShardRunError(f"{outcome.reason} (while reading input {item.index}, {item.source}); "
+                                f"re-run the same command to resume")
         fresh = [] if isinstance(outcome, TaskFailed) else [
             (n, s) for n, s in enumerate(outcome.samples) if (item.index, n) >= at]
         dup = next((s.key for _, s in fresh if s.key in seen), None)
@@ -205,7 +213,7 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
                                "split": item.split, "reason": reason})
             return
         if item.split not in writers:
-            writers[item.split] = SplitWriter(out, item.split, max_bytes, cfg.max_samples_per_shard, journal)
+            writers[item.split] = SplitWriter(output, item.split, max_bytes, cfg.max_samples_per_shard, journal)
         for n, sample in fresh:
             seen.add(sample.key)
             closed_one(writers[item.split].add(sample, (item.index, n)))
@@ -215,7 +223,8 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
     bar = tqdm(total=len(items), initial=settled, unit="video", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)
     try:  # Ctrl-C stops the run only between items (in the pool's wait), never half-way through a write
-        with KillablePool(process_item, cfg.workers, cfg.timeout_s, args=(cfg, faults)) as pool:
+        preload = tuple(storage.backend_modules(it.video.path for it in items if it.video is not None))
+        with KillablePool(process_item, cfg.workers, cfg.timeout_s, args=(cfg, faults), preload=preload) as pool:
             for item, outcome in pool.map(todo):
                 with uninterrupted():
                     take(item, outcome)
@@ -233,10 +242,11 @@ def shard_dataset(listing: Listing, out: Path, cfg: ShardConfig, command: list[s
         journal.close()
         quarantine.close()
     with uninterrupted():
-        manifest = _write_manifest(out, listing, [r for w in writers.values() for r in w.done],
-                                   len(quarantine.records), cfg, list(command or []), inputs)
+        manifest = _manifest(listing, [r for w in writers.values() for r in w.done], len(quarantine.records),
+                             cfg, list(command or []), inputs)
+        output.finish(quarantine.records, manifest)  # quarantine.jsonl whole, then manifest.json last
     reasons = Counter(re.split(r" \(|: ", e["reason"])[0] for e in quarantine.records)
     return Summary(items=len(items), skipped=settled, samples=manifest.totals["samples"],
                    shards=len(manifest.shards), bytes=manifest.totals["bytes"], quarantined=manifest.quarantined,
                    reasons=reasons, seconds=time.monotonic() - started, processed=len(items) - settled,
-                   out=str(out))
+                   out=str(output))

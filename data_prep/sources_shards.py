@@ -24,10 +24,14 @@ import tarfile
 from pathlib import Path
 
 from data_prep.sources import VIDEO_SUFFIXES, Blob, Item, ListingError
+from pipeline import storage
 from pipeline.data.shard_format import SampleMeta, ShardFormatError, make_key, read_manifest
 
 
 def shard_paths(spec: str) -> list[Path]:
+    if storage.is_url(spec):
+        raise ListingError(f"{spec}: re-sharding shards from a URL is not supported; copy them to a local "
+                           f"folder first (raw videos, CSV and path lists can be URLs)")
     if "{" in spec:
         from braceexpand import braceexpand
 

@@ -1,21 +1,23 @@
 """Shard files and the progress journal that makes `vssl shard` resumable.
 
     journal = JsonLines(out / JOURNAL_NAME, keep=[])
-    writer = SplitWriter(out, "train", max_bytes=256 << 20, max_samples=1000, journal=journal)
+    writer = SplitWriter(LocalOutput(out), "train", max_bytes=256 << 20, max_samples=1000, journal=journal)
     finished = writer.add(sample, cursor=(item_index, sample_number))   # a record when a shard closed
     writer.finish(end=(num_items, 0))
 
-A shard is written as `{split}-{index:06d}.tar.tmp`, fsync'ed, renamed to `.tar`, and only then
-recorded in the journal, so a `.tar` name is always a whole shard and a journal record always
-names a complete one. Tar headers are fixed (mtime 0, uid/gid 0, mode 0644), so the same samples
-always give the same bytes.
+A shard is written as `{split}-{index:06d}.tar.tmp` in the output's staging folder, handed to the
+output to commit under its final name (data_prep/output.py: fsync + rename on a local disk, an
+upload to an object store), and only then recorded in the journal, so a `.tar` name is always a
+whole shard and a journal record always names a complete one. Tar headers are fixed (mtime 0,
+uid/gid 0, mode 0644), so the same samples always give the same bytes.
 
-The journal is JSON lines (`JsonLines`), each fsync'ed before `append` returns:
+The journal is JSON lines (`JsonLines`, each fsync'ed before `append` returns; on a store, chunk
+objects with the same records, data_prep/output.py):
     {"event": "start", "fingerprint": ...}         the command and input listing it belongs to
     {"event": "open", "split", "name", "start"}     a shard was started at cursor `start`
     {"event": "done", "split", "name", "start", "end", "samples", "bytes", "sha256", "duration", "keys"}
 A cursor is [item index, sample number within the item]; a shard holds every sample of its
-split with start <= cursor < end.
+split with start <= cursor < end. A "done" record may carry what the output adds (an object's "etag").
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from data_prep.process import Sample
 from pipeline.data.shard_format import TMP_SUFFIX, shard_name
-from pipeline.durable import fsync_dir
+
+if TYPE_CHECKING:
+    from data_prep.output import LocalOutput, StoreOutput
 
 JOURNAL_NAME = "shard-journal.jsonl"
 Cursor = tuple[int, int]
@@ -98,9 +102,9 @@ def member_bytes(size: int) -> int:
 
 
 class _ShardFile:
-    def __init__(self, out: Path, name: str, start: Cursor):
-        self.name, self.start, self.path = name, start, out / name
-        self.tmp = out / (name + TMP_SUFFIX)
+    def __init__(self, output: LocalOutput | StoreOutput, name: str, start: Cursor):
+        self.output, self.name, self.start = output, name, start
+        self.tmp = output.staging / (name + TMP_SUFFIX)
         self._raw = open(self.tmp, "wb")
         self._hashing = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
@@ -123,15 +127,12 @@ class _ShardFile:
 
     def close(self, end: Cursor, split: str) -> dict[str, Any]:
         self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
         self._raw.close()
-        os.replace(self.tmp, self.path)
-        fsync_dir(self.path.parent)
+        extra = self.output.commit(self.tmp, self.name)
         return {"event": "done", "split": split, "name": self.name, "start": list(self.start),
                 "end": list(end), "samples": self.samples, "bytes": self._hashing.size,
                 "sha256": self._hashing.sha256.hexdigest(), "duration": round(self.duration, 6),
-                "keys": self.keys}
+                "keys": self.keys, **extra}
 
     def discard(self) -> None:
         self._raw.close()
@@ -141,9 +142,9 @@ class _ShardFile:
 class SplitWriter:
     """The shards of one split, rolled over by size and sample count, recorded in the journal."""
 
-    def __init__(self, out: Path, split: str, max_bytes: int, max_samples: int, journal: JsonLines,
-                 done: list[dict[str, Any]] | None = None):
-        self.out, self.split, self.journal = out, split, journal
+    def __init__(self, output: LocalOutput | StoreOutput, split: str, max_bytes: int, max_samples: int,
+                 journal: JsonLines, done: list[dict[str, Any]] | None = None):
+        self.output, self.split, self.journal = output, split, journal
         self.max_bytes, self.max_samples = max_bytes, max_samples
         self.done = list(done or [])
         self._current: _ShardFile | None = None
@@ -157,7 +158,7 @@ class SplitWriter:
             closed = self.finish(cursor)
         if self._current is None:
             name = shard_name(self.split, len(self.done))
-            self._current = _ShardFile(self.out, name, cursor)
+            self._current = _ShardFile(self.output, name, cursor)
             self.journal.append({"event": "open", "split": self.split, "name": name, "start": list(cursor)})
         self._current.add(sample)
         return closed

@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = importlib.import_module(VERBS[args.verb][0])
     from pipeline.config import ConfigError
+    from pipeline.storage import StorageError
 
     try:
         return int(module.run(args) or 0)
-    except ConfigError as e:
+    except (ConfigError, StorageError) as e:  # one line naming the key or URL, no traceback
         print(f"vssl {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -219,6 +219,10 @@ class DataConfig:
     shards: str = ""
     manifest: str = ""
     sources: list[DataSource] = field(default_factory=list)  # a weighted mix instead of `shards`
+    # object storage (pipeline/storage.py): shards and manifests may be s3:// / gs:// / https:// URLs
+    storage_endpoint: str = ""  # S3-compatible endpoint; "" = AWS_ENDPOINT_URL, else AWS
+    cache_dir: str = ""  # keep streamed shards here ("" = no cache); shared safely by workers and ranks
+    cache_size_gb: float = 100.0  # the cache's limit: least recently used shards are deleted beyond it
     # decoding
     decoder: str = "decord"  # decord | torchcodec | pyav
     decode_timeout_s: float = 30.0  # > 0: decode in a killable helper; 0: in the worker, unbounded
@@ -279,6 +283,8 @@ class DataConfig:
                 raise ConfigError(f"data.{name}: must be >= 0, got {getattr(self, name)}")
         if self.decode_timeout_s < 0:
             raise ConfigError(f"data.decode_timeout_s: must be >= 0, got {self.decode_timeout_s}")
+        if self.cache_size_gb <= 0:
+            raise ConfigError(f"data.cache_size_gb: must be > 0, got {self.cache_size_gb}")
         if self.sampling == "fps" and self.target_fps <= 0:
             raise ConfigError("data.target_fps: sampling 'fps' needs target_fps > 0")
         if self.streams_per_rank and self.num_workers and self.streams_per_rank % self.num_workers:

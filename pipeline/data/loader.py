@@ -80,6 +80,7 @@ from collections import Counter
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline import storage
 from pipeline.config import ConfigError, DataConfig
 from pipeline.data.batch_ring import new_release_counters
 from pipeline.data.dataset import BatchSpec, ClipDataset
@@ -333,6 +334,8 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
         if value % patch:
             raise ConfigError(f"data.{name}: {value} is not divisible by the patch size {patch}")
     streams = cfg.streams_per_rank or max(1, cfg.num_workers)
+    storage.set_endpoint(cfg.storage_endpoint)  # for this process and the workers it starts
+    storage.configure_cache(cfg.cache_dir, cfg.cache_size_gb)
     keyed = [("data.shards" if not cfg.sources else f"data.sources[{i}].shards", s)
              for i, s in enumerate(cfg.data_sources())]
     sources = [(list_shards(src.shards, src.manifest, split, key), src.weight) for key, src in keyed]

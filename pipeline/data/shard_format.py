@@ -1,13 +1,32 @@
 """The shard format: the one contract between data_prep (writer) and pipeline.data (reader).
 
-A dataset is a folder of POSIX tar files plus `manifest.json` beside them:
+A dataset is a folder (or an object-store prefix, s3://bucket/shards/) of POSIX tar files plus
+`manifest.json` beside them:
 
     out/
       train-000000.tar  train-000001.tar  val-000000.tar
       manifest.json     quarantine.jsonl
 
-Shard names are `{split}-{index:06d}.tar`. A shard is written as `NAME.tar.tmp` and renamed when
-complete, so a name ending in `.tar` is always a whole shard; readers ignore anything else.
+Shard names are `{split}-{index:06d}.tar`.
+
+Commit protocol (what makes a shard count). A name ending in `.tar` only ever holds a whole shard,
+and a shard counts only once a manifest.json written after it lists it:
+  - on a local disk a shard is written as `NAME.tar.tmp`, fsync'ed and renamed to `NAME.tar`;
+  - on an object store (which has no rename) it is built in a local staging file and uploaded
+    under its final name in one PUT or a multipart upload; S3-compatible stores make the object
+    visible only when the PUT or CompleteMultipartUpload succeeds, so a killed upload leaves no
+    object (at most invisible uploaded parts, which a bucket lifecycle rule
+    AbortIncompleteMultipartUpload cleans);
+  - then, on both, the writer's journal records the shard (name, cursor range, size, sha256, and
+    on a store its ETag): `shard-journal.jsonl`, or on a store the chunk objects under
+    `shard-journal/` (data_prep/output.py);
+  - when every shard is recorded, quarantine.jsonl is written whole and then manifest.json, last
+    (local: temp file + rename; store: one PUT). manifest.json is the commit point of the dataset.
+A killed run therefore leaves no manifest, or the old one; readers (pipeline/data/shards.py) take
+shards only from a manifest, never from a listing of the store, and check each object's size
+against it. Re-running the same `vssl shard` command resumes: shards the journal records are
+checked (local: size + sha256; store: size + ETag from one listing) and kept, shards it does not
+record are deleted or rewritten under the same name with the same bytes.
 
 Each sample is a group of tar members sharing a key (WebDataset convention: the key is the
 member name up to the first dot, so keys never contain dots; see `make_key`):
@@ -40,9 +59,10 @@ manifest.json (format_version 1):
                 "by_split": {"train": N1, "val": N2}},
      "quarantined": Q, "command": ["vssl", "shard", ...], "config": {...}, "created": ISO-8601}
 
-Readers take counts from the manifest and never guess them. A manifest is untrusted input: a shard
-name must be a plain `.tar` file name (read_manifest refuses folders, `..`, `pipe:` and URLs). `config` is {"shard": ShardConfig
-fields, "inputs": the input options}. Beside it, quarantine.jsonl has one JSON object per
+Readers take counts from the manifest and never guess them; `read_manifest` and `Manifest.write`
+take a folder or a URL (through pipeline.storage). A manifest is untrusted input: a shard name must
+be a plain `.tar` file name (read_manifest refuses folders, `..`, `pipe:` and URLs). `config` is
+{"shard": ShardConfig fields, "inputs": the input options}. Beside it, quarantine.jsonl has one JSON object per
 rejected input: {"index", "key", "source", "split", "reason"}; shard-journal.jsonl is the
 writer's resume journal (data_prep/writer.py); readers ignore both.
 """
@@ -57,6 +77,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import storage
 from pipeline.durable import fsync_file
 
 FORMAT_NAME = "vssl-shards"
@@ -184,8 +205,12 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
-    def write(self, folder: str | Path) -> Path:
-        """Atomically write manifest.json into `folder` (temp file + rename)."""
+    def write(self, folder: str | Path) -> str | Path:
+        """Atomically write manifest.json into `folder` (temp file + rename; on a store one PUT)."""
+        if storage.is_url(folder):
+            url = storage.join(folder, MANIFEST_NAME)
+            storage.write_bytes(url, self.to_json().encode())
+            return url
         path = Path(folder) / MANIFEST_NAME
         tmp = path.with_name(path.name + TMP_SUFFIX)
         tmp.write_text(self.to_json())
@@ -195,14 +220,11 @@ class Manifest:
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """Load and check a manifest.json (or the folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise ShardFormatError(f"{path}: manifest not found")
+    """Load and check a manifest.json (or the folder holding one); a URL is read through
+    pipeline.storage (a StorageError when the store cannot be used)."""
     try:
-        obj = json.loads(path.read_text())
+        path, text = _manifest_text(path)
+        obj = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ShardFormatError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
@@ -222,3 +244,19 @@ def read_manifest(path: str | Path) -> Manifest:
             config=dict(obj.get("config", {})), created=str(obj.get("created", "")))
     except (KeyError, TypeError) as e:
         raise ShardFormatError(f"{path}: malformed manifest ({e.__class__.__name__}: {e})") from None
+
+
+def _manifest_text(path: str | Path) -> tuple[str | Path, str]:
+    """(where, text) of a manifest.json, given it or its folder."""
+    if storage.is_url(path):
+        url = str(path) if str(path).endswith(".json") else storage.join(path, MANIFEST_NAME)
+        try:
+            return url, storage.read_text(url)
+        except FileNotFoundError:
+            raise ShardFormatError(f"{url}: manifest not found") from None
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ShardFormatError(f"{path}: manifest not found")
+    return path, path.read_text()

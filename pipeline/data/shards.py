@@ -3,13 +3,17 @@
     from pipeline.data.shards import list_shards
     shards = list_shards("data/k400/manifest.json", split="train")
     shards = list_shards("data/k400/train-{000000..000099}.tar")
+    shards = list_shards("s3://bucket/k400/", split="train")     # the manifest.json under that prefix
     shards = list_shards("pipe:aws s3 cp s3://bucket/train-{000000..000099}.tar -",
                          manifest="data/k400/manifest.json")
 
 A spec is one or more parts joined by "::". A part is
-  - a manifest.json, or a folder holding one: its shards (of `split`), beside it;
-  - a `pipe:` command or URL (brace patterns expanded by webdataset): counts come from `manifest`,
-    matched by the shard file name inside the URL;
+  - a manifest.json, or a folder holding one: its shards (of `split`), beside it; either may be
+    a URL (s3://bucket/k400/ or .../manifest.json), read through pipeline.storage;
+  - a shard URL (s3://, gs://, http(s)://; brace patterns expanded): each must be listed in
+    `manifest` or in the manifest.json beside it, by file name -- on a store a shard counts only
+    once a manifest says so (shard_format.py's commit protocol), so nothing else is read;
+  - a `pipe:` command: counts come from `manifest`, matched by the shard file name inside it;
   - local paths with braces and globs: only names ending in `.tar` count (a `.tar.tmp` is an
     unfinished shard). Counts come from a manifest.json in the shard's folder that lists it, else
     from `manifest`, else from a scan of the tar headers (exact; the data is skipped, not read).
@@ -32,6 +36,7 @@ from pathlib import Path
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
+from pipeline import storage
 from pipeline.config import ConfigError
 from pipeline.data.shard_format import MANIFEST_NAME, Manifest, ShardFormatError, read_manifest
 
@@ -43,10 +48,11 @@ _SPLIT_NAME = re.compile(r"^(.+)-\d{6}\.tar$")
 
 @dataclass(frozen=True)
 class ShardRef:
-    url: str  # what webdataset's gopen opens: a path, pipe: command or URL
+    url: str  # a path, a URL (pipeline.storage opens it) or a pipe: command (webdataset's gopen)
     name: str  # the shard's file name, its identity in a manifest
     samples: int
     split: str | None = None
+    bytes: int = -1  # its size from the manifest (-1: unknown); a URL of another size is not read
 
 
 def _is_remote(part: str) -> bool:
@@ -56,13 +62,16 @@ def _is_remote(part: str) -> bool:
 def _load_manifest(path: str, key: str) -> Manifest:
     try:
         return read_manifest(path)
-    except ShardFormatError as e:
+    except (ShardFormatError, storage.StorageError) as e:
         raise ConfigError(f"{key}: {e}") from None
 
 
 def _manifest_path(part: str) -> str | None:
     if part.endswith(".json"):
         return part
+    if storage.is_url(part):
+        is_shards = "{" in part or part.endswith(".tar")
+        return None if is_shards else storage.join(part, MANIFEST_NAME)
     if os.path.isdir(part) and os.path.isfile(os.path.join(part, MANIFEST_NAME)):
         return os.path.join(part, MANIFEST_NAME)
     return None
@@ -97,28 +106,43 @@ class _Counts:
     def lookup(self, name: str, folder: str | None):
         if folder is not None:
             if folder not in self.by_folder:
-                path = os.path.join(folder, MANIFEST_NAME)
-                self.by_folder[folder] = self._index(_load_manifest(path, self.key)) if os.path.isfile(path) else {}
+                self.by_folder[folder] = self._beside(folder)
             if name in self.by_folder[folder]:
                 return self.by_folder[folder][name]
         return self.explicit.get(name)
+
+    def _beside(self, folder: str) -> dict:
+        """The counts of the manifest.json in `folder` (a path or URL), {} when it has none."""
+        path = storage.join(folder, MANIFEST_NAME)
+        if not storage.is_url(folder):
+            return self._index(_load_manifest(path, self.key)) if os.path.isfile(path) else {}
+        try:
+            return self._index(read_manifest(path))
+        except ShardFormatError as e:
+            if "manifest not found" in str(e):
+                return {}
+            raise ConfigError(f"{self.key}: {e}") from None
+        except storage.StorageError as e:
+            raise ConfigError(f"{self.key}: {e}") from None
 
 
 def _expand_part(part: str, counts: _Counts, key: str) -> list[ShardRef]:
     manifest = _manifest_path(part)
     if manifest is not None:
         m = _load_manifest(manifest, key)
-        folder = os.path.dirname(manifest)
-        return [ShardRef(os.path.join(folder, s.name), s.name, s.samples, s.split) for s in m.shards]
+        folder = storage.parent(manifest)
+        join = storage.join if storage.is_url(folder) else os.path.join
+        return [ShardRef(join(folder, s.name), s.name, s.samples, s.split, s.bytes) for s in m.shards]
     if _is_remote(part):
         refs = []
         for url in expand_urls(part):
             names = _SHARD_NAME.findall(url)
-            entry = counts.lookup(names[-1], None) if names else None
+            folder = storage.parent(url) if storage.is_url(url) else None
+            entry = counts.lookup(names[-1], folder) if names else None
             if entry is None:
                 raise ConfigError(f"{key}: {url!r}: no sample count for it; name a manifest.json listing "
                                   f"{names[-1] if names else 'its shard'} in data.manifest")
-            refs.append(ShardRef(url, entry.name, entry.samples, entry.split))
+            refs.append(ShardRef(url, entry.name, entry.samples, entry.split, entry.bytes))
         return refs
     paths = sorted({p for pat in expand_urls(part) for p in (glob.glob(pat) if glob.has_magic(pat) else [pat])
                     if p.endswith(".tar") and os.path.isfile(p)})
@@ -127,7 +151,7 @@ def _expand_part(part: str, counts: _Counts, key: str) -> list[ShardRef]:
         name = os.path.basename(p)
         entry = counts.lookup(name, os.path.dirname(p) or ".")
         if entry is not None:
-            refs.append(ShardRef(p, name, entry.samples, entry.split))
+            refs.append(ShardRef(p, name, entry.samples, entry.split, entry.bytes))
         else:
             split = _SPLIT_NAME.match(name)
             refs.append(ShardRef(p, name, count_tar_samples(p), split.group(1) if split else None))

@@ -4,14 +4,17 @@
     for raw in read_segment(segment, first_pos=0, wanted=lambda pos: True):
         raw.pos, raw.key, raw.members["mp4"], raw.error
 
-A sample is the group of consecutive members sharing a key (webdataset's `base_plus_ext`). Shards
-are opened with webdataset's `gopen` (paths, `pipe:` commands, URLs) and walked as a tar stream
-here rather than with webdataset's tar_file_iterator, which reads every member: a member is
-extracted only if its sample is wanted (resume skips emitted samples unread) and its extension is
-one of the shard format's (so `.pyd`/`.pickle` members are never read, let alone unpickled). Samples the
-segment needs but the shard cannot give come back with `error` set:
+A sample is the group of consecutive members sharing a key (webdataset's `base_plus_ext`). URLs
+(s3://, gs://, http(s)://) are opened with pipeline.storage.open_shard (retries, the optional local
+shard cache, the object's size checked against the manifest), paths and `pipe:` commands with
+webdataset's `gopen`. A shard is walked as a tar stream here rather than with webdataset's
+tar_file_iterator, which reads every member: a member is extracted only if its sample is wanted
+(resume skips emitted samples unread) and its extension is one of the shard format's (so
+`.pyd`/`.pickle` members are never read, let alone unpickled). A store that stays unreachable raises
+storage.StorageError (the loader stops with it); samples the segment needs but the shard cannot give
+come back with `error` set:
 
-    shard_unreadable  the shard could not be opened
+    shard_unreadable  the shard could not be opened (missing, or not the size its manifest says)
     truncated_shard   the tar ended mid-sample or is damaged (logged once per shard)
     shard_short       the tar holds fewer samples than its manifest count (logged once per shard)
 """
@@ -27,6 +30,7 @@ from typing import Callable, Iterator
 from webdataset.gopen import gopen, set_options
 from webdataset.tariterators import base_plus_ext
 
+from pipeline import storage
 from pipeline.data.plan import Segment
 from pipeline.data.shard_format import KNOWN_EXTS
 
@@ -89,13 +93,14 @@ def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool]
     done: set[int] = set()
     error = None
     whole = True
+    url = segment.shard.url
     try:
-        stream = gopen(segment.shard.url)
+        stream = storage.open_shard(url, segment.shard.bytes) if storage.is_url(url) else gopen(url)
     except OSError as e:
         error = "shard_unreadable"
         log.warning("%s: cannot open shard (%s)", name, e)
     else:
-        whole = _has_end_marker(segment.shard.url)
+        whole = _has_end_marker(url)
         try:
             for raw in _walk(stream, segment, first_pos, wanted, whole):
                 done.add(raw.pos)

@@ -1,0 +1,213 @@
+"""Where `vssl shard` writes -- a local folder or an object-store prefix -- and how each commits.
+
+    output = open_output("s3://bucket/shards/")          # or a local path: LocalOutput
+    journal, quarantine = output.open_logs(journal_keep, quarantine_keep)
+    extra = output.commit(tmp_path, "train-000000.tar")  # the finished shard under its final name
+
+Both follow the commit protocol written down in pipeline/data/shard_format.py: a shard exists under
+its final name only whole; the journal records it only after that; manifest.json is written last,
+and readers trust only shards a manifest lists.
+
+LocalOutput: shards are built as OUT/NAME.tar.tmp, fsync'ed and renamed; the journal
+(shard-journal.jsonl) and quarantine.jsonl are JSON lines, each fsync'ed (data_prep.writer.JsonLines).
+
+StoreOutput (s3://, gs://): shards are built in a local staging folder (one open shard per split)
+and uploaded under their final name (one PUT, or a multipart upload completed last: either way the
+object appears whole or not at all); the object's ETag goes into its journal record. The journal and
+the quarantine entries live in OUT/shard-journal/ as immutable chunk objects
+`g{generation:04d}-{sequence:08d}.jsonl`, each line {"journal": record} or {"quarantine": entry}.
+Records are buffered and written as one chunk whenever a shard's "done" record is appended (after
+its upload) and when the run ends, so a chunk holds every open record and quarantine entry that came
+before its "done" -- what resuming needs. A resumed run reads the newest generation's chunks
+0, 1, ... up to the first gap, writes what it keeps as chunk 0 of a new generation, then deletes the
+older ones. quarantine.jsonl is written whole at the end, then manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from data_prep.writer import JOURNAL_NAME, JsonLines
+from pipeline import storage
+from pipeline.data.shard_format import QUARANTINE_NAME, Manifest, sha256_file
+from pipeline.durable import fsync_dir, fsync_file
+
+log = logging.getLogger("vssl.shard")
+OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?|manifest\.json(\.tmp)?|quarantine\.jsonl(\.tmp)?|"
+                       + re.escape(JOURNAL_NAME) + r")$")
+STORE_JOURNAL = "shard-journal"  # the folder of a store run's journal chunks
+_CHUNK = re.compile(r"^g(\d{4})-(\d{8})\.jsonl$")
+
+
+class LocalOutput:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.staging = self.folder
+
+    def __str__(self) -> str:
+        return str(self.folder)
+
+    def names(self) -> list[str]:
+        """Names of the files in OUT that a run writes (shards, partial shards, manifest, logs)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return sorted(p.name for p in self.folder.iterdir() if OUR_FILES.match(p.name))
+
+    def read_logs(self) -> tuple[list[dict], list[dict]]:
+        return JsonLines.read(self.folder / JOURNAL_NAME), JsonLines.read(self.folder / QUARANTINE_NAME)
+
+    def open_logs(self, journal: list[dict], quarantine: list[dict]) -> tuple[JsonLines, JsonLines]:
+        return JsonLines(self.folder / JOURNAL_NAME, journal), JsonLines(self.folder / QUARANTINE_NAME, quarantine)
+
+    def remove(self, names: list[str]) -> None:
+        for name in names:
+            (self.folder / name).unlink(missing_ok=True)
+
+    def shard_intact(self, record: dict[str, Any]) -> bool:
+        path = self.folder / record["name"]
+        return path.is_file() and path.stat().st_size == record["bytes"] and sha256_file(path) == record["sha256"]
+
+    def commit(self, tmp: Path, name: str) -> dict[str, Any]:
+        fsync_file(tmp)
+        os.replace(tmp, self.folder / name)
+        fsync_dir(self.folder)
+        return {}
+
+    def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
+        manifest.write(self.folder)  # quarantine.jsonl is already whole: every line fsync'ed
+
+    def close(self) -> None:
+        pass
+
+
+class _StoreLog:
+    """A store run's journal and quarantine, as chunk objects (see the module docstring)."""
+
+    def __init__(self, prefix: str, existing: list[str], journal: list[dict], quarantine: list[dict]):
+        self.prefix = prefix
+        old = [name for name in existing if _CHUNK.match(name)]
+        self.generation = 1 + max((int(_CHUNK.match(n).group(1)) for n in old), default=-1)
+        self.sequence = 0
+        self.pending = [("journal", r) for r in journal] + [("quarantine", r) for r in quarantine]
+        self.flush()  # chunk 0 of the new generation: what this run keeps
+        storage.remove([storage.join(prefix, n) for n in old])
+
+    @staticmethod
+    def read(prefix: str, existing: list[str]) -> tuple[list[dict], list[dict]]:
+        """The journal records and quarantine entries in the chunks `existing` (names under prefix)."""
+        chunks: dict[int, set[int]] = {}
+        for name in existing:
+            match = _CHUNK.match(name)
+            if match:
+                chunks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
+        generation = max((g for g, seqs in chunks.items() if 0 in seqs), default=None)
+        logs: dict[str, list[dict]] = {"journal": [], "quarantine": []}
+        sequence = 0
+        while generation is not None and sequence in chunks[generation]:
+            text = storage.read_text(storage.join(prefix, f"g{generation:04d}-{sequence:08d}.jsonl"))
+            for line in text.splitlines():
+                (kind, record), = json.loads(line).items()
+                logs[kind].append(record)
+            sequence += 1
+        return logs["journal"], logs["quarantine"]
+
+    def add(self, kind: str, record: dict[str, Any], flush: bool) -> None:
+        self.pending.append((kind, record))
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        text = "".join(json.dumps({kind: r}, sort_keys=True) + "\n" for kind, r in self.pending)
+        if text or self.sequence == 0:
+            storage.write_bytes(storage.join(self.prefix, f"g{self.generation:04d}-{self.sequence:08d}.jsonl"),
+                                text.encode())
+            self.sequence += 1
+        self.pending = []
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except storage.StorageError as e:  # safe to lose: a resumed run redoes what was not recorded
+            log.warning("journal not written (%s)", e)
+
+
+class _LogView:
+    """One of the two logs of a _StoreLog, with the JsonLines interface the writer uses."""
+
+    def __init__(self, store_log: _StoreLog, kind: str, keep: list[dict], flush_on: Callable[[dict], bool]):
+        self._log, self._kind, self._flush_on = store_log, kind, flush_on
+        self.records = list(keep)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._log.add(self._kind, record, self._flush_on(record))
+
+    def close(self) -> None:
+        self._log.close()
+
+
+class StoreOutput:
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.journal_prefix = storage.join(self.url, STORE_JOURNAL)
+        self.staging = Path(tempfile.mkdtemp(prefix="vssl-shard-"))
+        self._listed: dict[str, dict[str, Any]] = {}
+        self._chunks: list[str] = []
+
+    def __str__(self) -> str:
+        return self.url
+
+    def names(self) -> list[str]:
+        """Our objects directly under OUT (shards, manifest, quarantine); also fails fast on a
+        missing bucket or refused credentials."""
+        found = storage.find(self.url)  # one listing serves names, logs and shard checks
+        self._listed = {n: i for n, i in found.items() if "/" not in n and OUR_FILES.match(n)}
+        self._chunks = [n.split("/", 1)[1] for n in found if n.startswith(STORE_JOURNAL + "/")]
+        return sorted([*self._listed, *([JOURNAL_NAME] if self._chunks else [])])
+
+    def read_logs(self) -> tuple[list[dict], list[dict]]:
+        return _StoreLog.read(self.journal_prefix, self._chunks)
+
+    def open_logs(self, journal: list[dict], quarantine: list[dict]) -> tuple[_LogView, _LogView]:
+        store_log = _StoreLog(self.journal_prefix, self._chunks, journal, quarantine)
+        return (_LogView(store_log, "journal", journal, lambda r: r.get("event") == "done"),
+                _LogView(store_log, "quarantine", quarantine, lambda r: False))
+
+    def remove(self, names: list[str]) -> None:
+        chunks = [f"{STORE_JOURNAL}/{n}" for n in self._chunks] if JOURNAL_NAME in names else []
+        storage.remove([storage.join(self.url, n) for n in [*names, *chunks] if n != JOURNAL_NAME])
+        if chunks:
+            self._chunks = []
+
+    def shard_intact(self, record: dict[str, Any]) -> bool:
+        found = self._listed.get(record["name"])
+        return found is not None and found["size"] == record["bytes"] and found["etag"] == record.get("etag")
+
+    def commit(self, tmp: Path, name: str) -> dict[str, Any]:
+        url = storage.join(self.url, name)
+        storage.put_file(tmp, url)
+        tmp.unlink()
+        return {"etag": storage.info(url)["etag"]}
+
+    def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in quarantine)  # as JsonLines writes them
+        storage.write_bytes(storage.join(self.url, QUARANTINE_NAME), lines.encode())
+        manifest.write(self.url)
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def open_output(out: str | Path) -> LocalOutput | StoreOutput:
+    """The output for `--out`: a URL (s3://, gs://) or a local folder."""
+    if storage.is_url(out):
+        if not storage.can_list(str(out)):
+            raise storage.StorageError(f"{out}: cannot write to http(s) URLs; use s3:// or gs://")
+        return StoreOutput(str(out))
+    return LocalOutput(out)
