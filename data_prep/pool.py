@@ -17,12 +17,15 @@ Workers start from a forkserver (cheap to replace, and safe when the parent has 
 a task's clock starts only once its worker is up and has imported `fn`'s module and the `preload`
 modules (e.g. the storage backend the run's URLs need: pipeline.storage.backend_modules); the
 forkserver imports them too when this is the process's first pool, so each worker need not.
+A worker runs with the environment its pool's process has when the worker starts (credentials,
+endpoints set since), not the forkserver's, which was fixed when the first pool started it.
 """
 
 from __future__ import annotations
 
 import importlib
 import multiprocessing as mp
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -40,8 +43,10 @@ class TaskFailed:
     reason: str
 
 
-def _worker_main(conn: Connection, fn: Callable, args: tuple, preload: tuple[str, ...]) -> None:
+def _worker_main(conn: Connection, fn: Callable, args: tuple, preload: tuple[str, ...], env: dict[str, str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
+    os.environ.clear()  # the forkserver's environment is the one of the first pool: use this pool's
+    os.environ.update(env)
     for module in preload:
         importlib.import_module(module)
     conn.send(_READY)  # fn's module is imported by now, so no task's time bound pays for imports
@@ -65,7 +70,8 @@ def _worker_main(conn: Connection, fn: Callable, args: tuple, preload: tuple[str
 class _Worker:
     def __init__(self, ctx: Any, fn: Callable, args: tuple, preload: tuple[str, ...]):
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, fn, args, preload), daemon=True)
+        env = dict(os.environ)
+        self.process = ctx.Process(target=_worker_main, args=(child, fn, args, preload, env), daemon=True)
         self.process.start()
         child.close()
         self.seq = -1

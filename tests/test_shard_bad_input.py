@@ -112,6 +112,25 @@ def test_pool_replaces_a_worker_that_died_while_idle():
         assert [r for _, r in pool.map([1, 2, 3])] == [2, 4, 6]
 
 
+def _env(name: str) -> str:
+    return os.environ.get(name, "unset")
+
+
+def test_pool_workers_see_the_environment_of_their_pool_not_the_forkserver(monkeypatch):
+    """Credentials or an endpoint set after the first pool started the forkserver reach later
+    pools' workers, and a replaced worker too (CI failure: s3:// reads 'no credentials found')."""
+    name = "VSSL_TEST_POOL_ENV"
+    monkeypatch.delenv(name, raising=False)
+    with KillablePool(_env, workers=1, timeout_s=30) as pool:  # starts the forkserver, if not yet
+        assert [r for _, r in pool.map([name])] == ["unset"]
+    monkeypatch.setenv(name, "set later")
+    with KillablePool(_env, workers=1, timeout_s=30) as pool:
+        assert [r for _, r in pool.map([name])] == ["set later"]
+        pool._workers[0].process.kill()
+        pool._workers[0].process.join()
+        assert [r for _, r in pool.map([name])] == ["set later"]
+
+
 def test_bad_settings_and_listings_are_one_line_errors(tmp_path, capsys):
     video(tmp_path / "in" / "a.mp4")
     out = str(tmp_path / "out")
