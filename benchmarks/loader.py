@@ -28,6 +28,11 @@ clips/s are reported as *_wall.
                            workers (and decode helpers), as every epoch began before the loader
                            kept them, / with the workers kept (wall clock, best of the rounds;
                            also reported as epoch2_first_batch_s_new_workers / _persistent)
+    s3_stream_vs_local     the loader streaming the same shards from an S3-compatible server on
+                           127.0.0.1 (moto's, its own process; no shard cache, so every read is
+                           cold) / the loader on the local shards; the server's CPU is left out
+                           (a store is another machine), the _wall figure includes its load on
+                           these 2 cores. null when moto is not installed.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
 from pipeline.data.shard_format import Manifest, SampleMeta, ShardEntry, sha256_file, shard_name
 from pipeline.data.transforms import MULTISCALE_OFFSETS, MULTISCALE_SCALES
+from tests.s3_testlib import local_s3
 
 WORKERS = 2
 FRAMES, STRIDE, VIDEO_FRAMES = 16, 4, 64
@@ -89,9 +95,10 @@ def write_dataset(folder: Path, videos: int, size: tuple[int, int], shards: int 
     return folder
 
 
-def tree_cpu_seconds(root: int) -> float:
+def tree_cpu_seconds(root: int, leave_out: tuple[int, ...] = ()) -> float:
     """CPU seconds used so far by process `root` and its live descendants, each with its reaped
-    children (Linux /proc), so a decode helper that exits mid-measurement still counts."""
+    children (Linux /proc), so a decode helper that exits mid-measurement still counts; the
+    processes in `leave_out` (and theirs) do not count."""
     parent, used = {}, {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -104,22 +111,23 @@ def tree_cpu_seconds(root: int) -> float:
     while todo:
         pid = todo.pop()
         total += used.get(pid, 0)
-        todo += [p for p, pp in parent.items() if pp == pid]
+        todo += [p for p, pp in parent.items() if pp == pid and p not in leave_out]
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measure(batches: Iterable, clips_of: Callable, num_batches: int, warmup: int = WORKERS) -> tuple[float, float]:
-    """(clips per CPU-second of all processes, clips per wall second) after `warmup` batches, read
-    before the workers exit."""
+def measure(batches: Iterable, clips_of: Callable, num_batches: int, warmup: int = WORKERS,
+            leave_out: tuple[int, ...] = ()) -> tuple[float, float]:
+    """(clips per CPU-second of all processes but `leave_out`, clips per wall second) after `warmup`
+    batches, read before the workers exit."""
     it = iter(batches)
     clips = 0
     for i in range(num_batches):
         batch = next(it)
         if i == warmup - 1:
-            cpu0, wall0 = tree_cpu_seconds(os.getpid()), time.perf_counter()
+            cpu0, wall0 = tree_cpu_seconds(os.getpid(), leave_out), time.perf_counter()
         elif i >= warmup:
             clips += clips_of(batch)
-    cpu, wall = tree_cpu_seconds(os.getpid()) - cpu0, time.perf_counter() - wall0
+    cpu, wall = tree_cpu_seconds(os.getpid(), leave_out) - cpu0, time.perf_counter() - wall0
     for _ in it:  # let the workers finish
         pass
     return clips / cpu, clips / wall
@@ -224,13 +232,14 @@ def epoch_start_seconds(folder: Path, crop: int, persistent: bool) -> float:
     return seconds
 
 
-def best_rates(contenders: dict, clips: int, rounds: int) -> dict[str, tuple[float, float]]:
+def best_rates(contenders: dict, clips: int, rounds: int, leave_out: tuple[int, ...] = ()
+               ) -> dict[str, tuple[float, float]]:
     """name -> (clips per CPU-second, clips/s), each the best of interleaved rounds: other load on
     the machine only slows a round down."""
     best = {name: (0.0, 0.0) for name in contenders}
     for _ in range(rounds):
         for name, make in contenders.items():
-            rates = measure(*make(), num_batches=clips // 8)
+            rates = measure(*make(), num_batches=clips // 8, leave_out=leave_out)
             best[name] = tuple(max(a, b) for a, b in zip(best[name], rates))
     return best
 
@@ -266,9 +275,16 @@ def run(quick: bool) -> dict:
     # for the loader (the cheapest decode against the same crop work) for loader_vs_bare_decode_224px
     size, crop, videos, clips, rounds = ((128, 128), 112, 24, 320, 2) if quick else ((320, 568), 224, 48, 640, 3)
     small = None if quick else (224, 224)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, local_s3() as server:
         folder = write_dataset(Path(tmp) / "main", videos, size)
-        best = best_rates(contenders_for(folder, crop, clips, videos), clips, rounds)
+        contenders, leave_out = contenders_for(folder, crop, clips, videos), ()
+        if server is not None:
+            url = server.make_bucket("bench") + "/main"
+            for pattern in ("*.tar", "manifest.json"):
+                server.upload_tree(folder, url, pattern)
+            contenders["loader from S3"] = lambda: (clip_loader(url, crop, clips), lambda b: len(b["key"]))
+            leave_out = (server.pid,)
+        best = best_rates(contenders, clips, rounds, leave_out)
         print_rates(best, size, crop, clips, rounds)
         starts = {kept: min(epoch_start_seconds(folder, crop, kept) for _ in range(rounds)) for kept in (False, True)}
         print(f"first batch of epoch 2: {starts[False]:.3f} s with new workers, {starts[True]:.3f} s with "
@@ -286,12 +302,14 @@ def run(quick: bool) -> dict:
                "cpu_normalize_vs_bare_decode": r["loader, normalising on the CPU"] / r["bare decode"]}
         if small is not None:
             out["loader_vs_bare_decode_224px"] = best_small["loader"][i] / best_small["bare decode"][i]
+        out["s3_stream_vs_local"] = r["loader from S3"] / r["loader"] if "loader from S3" in r else None
         return out
 
-    metrics = {k: round(v, 3) for k, v in ratios(0).items()}
-    metrics.update({f"{k}_wall": round(v, 3) for k, v in ratios(1).items()})
+    metrics = {k: None if v is None else round(v, 3) for k, v in ratios(0).items()}
+    metrics.update({f"{k}_wall": None if v is None else round(v, 3) for k, v in ratios(1).items()})
     metrics.update(persistent_epoch_start_speedup=round(starts[False] / starts[True], 3),
                    epoch2_first_batch_s_new_workers=round(starts[False], 3),
                    epoch2_first_batch_s_persistent=round(starts[True], 3))
-    goals = {"loader_vs_bare_decode": ">= 0.90", "repeat4_gain": ">= 2.5", "vs_videomae_style": ">= 1.0"}
+    goals = {"loader_vs_bare_decode": ">= 0.90", "repeat4_gain": ">= 2.5", "vs_videomae_style": ">= 1.0",
+             "s3_stream_vs_local": ">= 0.90"}
     return {"metrics": metrics, "goals": goals}

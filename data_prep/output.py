@@ -21,6 +21,12 @@ its upload) and when the run ends, so a chunk holds every open record and quaran
 before its "done" -- what resuming needs. A resumed run reads the newest generation's chunks
 0, 1, ... up to the first gap, writes what it keeps as chunk 0 of a new generation, then deletes the
 older ones. quarantine.jsonl is written whole at the end, then manifest.json.
+
+Uploads and journal writes run on one background thread, in the order the writer asked for them,
+so the workers keep going while a shard uploads (at most 2 finished shards wait in staging; the
+writer blocks beyond that). The order is the synchronous one, so what is persisted at any moment
+is a prefix of what a synchronous run would have persisted. After a failed upload nothing more is
+written; the error (a StorageError) is raised to the writer at its next step, or by `settle()`.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -78,6 +87,9 @@ class LocalOutput:
         os.replace(tmp, self.folder / name)
         fsync_dir(self.folder)
         return {}
+
+    def settle(self) -> None:
+        pass  # commits are done when commit() returns
 
     def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
         manifest.write(self.folder)  # quarantine.jsonl is already whole: every line fsync'ed
@@ -130,26 +142,75 @@ class _StoreLog:
             self.sequence += 1
         self.pending = []
 
+
+
+class _InOrder:
+    """One background thread running a store run's uploads and journal writes in submission order;
+    after a failure it runs nothing more, and `check()` (which callers run before they submit) raises it."""
+
+    def __init__(self, waiting_shards: int = 2):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="vssl-upload")
+        self._slots = threading.Semaphore(waiting_shards)
+        self._futures: deque[Future] = deque()
+        self.error: BaseException | None = None
+
+    def submit(self, fn: Callable[[], None], shard: bool = False) -> None:
+        if shard:
+            self._slots.acquire()  # bounded staging: blocks while enough finished shards wait
+
+        def run() -> None:
+            try:
+                if self.error is None:
+                    fn()
+            except BaseException as e:  # noqa: BLE001 - handed to the writer by check()
+                self.error = e
+            finally:
+                if shard:
+                    self._slots.release()
+
+        while self._futures and self._futures[0].done():
+            self._futures.popleft()
+        self._futures.append(self._pool.submit(run))
+
+    def wait(self) -> None:
+        for future in list(self._futures):
+            future.result()
+        self._futures.clear()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
     def close(self) -> None:
-        try:
-            self.flush()
-        except storage.StorageError as e:  # safe to lose: a resumed run redoes what was not recorded
-            log.warning("journal not written (%s)", e)
+        self._pool.shutdown(wait=True)
 
 
 class _LogView:
-    """One of the two logs of a _StoreLog, with the JsonLines interface the writer uses."""
+    """One of the two logs of a _StoreLog, with the JsonLines interface the writer uses; appends run
+    on the background thread, after the uploads asked for before them."""
 
-    def __init__(self, store_log: _StoreLog, kind: str, keep: list[dict], flush_on: Callable[[dict], bool]):
-        self._log, self._kind, self._flush_on = store_log, kind, flush_on
+    def __init__(self, output: "StoreOutput", store_log: _StoreLog, kind: str, keep: list[dict]):
+        self._output, self._log, self._kind = output, store_log, kind
         self.records = list(keep)
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        self._log.add(self._kind, record, self._flush_on(record))
+        done = record.get("event") == "done"
+
+        def add() -> None:  # a "done" record gets its object's ETag, known once the upload ran
+            stored = {**record, "etag": self._output.etags.pop(record["name"])} if done else record
+            self._log.add(self._kind, stored, flush=done)
+
+        self._output.in_order.check()
+        self._output.in_order.submit(add)
 
     def close(self) -> None:
-        self._log.close()
+        """Write what is buffered, unless something failed (a resumed run redoes what is not written)."""
+        in_order = self._output.in_order
+        in_order.submit(self._log.flush)
+        in_order.wait()
+        if in_order.error is not None:
+            log.warning("shard journal: not all written (%s)", in_order.error)
 
 
 class StoreOutput:
@@ -159,6 +220,8 @@ class StoreOutput:
         self.staging = Path(tempfile.mkdtemp(prefix="vssl-shard-"))
         self._listed: dict[str, dict[str, Any]] = {}
         self._chunks: list[str] = []
+        self.in_order = _InOrder()
+        self.etags: dict[str, str] = {}  # uploaded shard -> ETag, until its "done" record takes it
 
     def __str__(self) -> str:
         return self.url
@@ -176,8 +239,7 @@ class StoreOutput:
 
     def open_logs(self, journal: list[dict], quarantine: list[dict]) -> tuple[_LogView, _LogView]:
         store_log = _StoreLog(self.journal_prefix, self._chunks, journal, quarantine)
-        return (_LogView(store_log, "journal", journal, lambda r: r.get("event") == "done"),
-                _LogView(store_log, "quarantine", quarantine, lambda r: False))
+        return _LogView(self, store_log, "journal", journal), _LogView(self, store_log, "quarantine", quarantine)
 
     def remove(self, names: list[str]) -> None:
         chunks = [f"{STORE_JOURNAL}/{n}" for n in self._chunks] if JOURNAL_NAME in names else []
@@ -190,10 +252,21 @@ class StoreOutput:
         return found is not None and found["size"] == record["bytes"] and found["etag"] == record.get("etag")
 
     def commit(self, tmp: Path, name: str) -> dict[str, Any]:
-        url = storage.join(self.url, name)
-        storage.put_file(tmp, url)
-        tmp.unlink()
-        return {"etag": storage.info(url)["etag"]}
+        """Queue the upload (the journal's "done" record, appended next, waits for it)."""
+        def upload() -> None:
+            url = storage.join(self.url, name)
+            storage.put_file(tmp, url)
+            tmp.unlink()
+            self.etags[name] = storage.info(url)["etag"]
+
+        self.in_order.check()
+        self.in_order.submit(upload, shard=True)
+        return {}
+
+    def settle(self) -> None:
+        """Wait for every queued upload and journal write; raise the first failure."""
+        self.in_order.wait()
+        self.in_order.check()
 
     def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in quarantine)  # as JsonLines writes them
@@ -201,6 +274,7 @@ class StoreOutput:
         manifest.write(self.url)
 
     def close(self) -> None:
+        self.in_order.close()
         shutil.rmtree(self.staging, ignore_errors=True)
 
 

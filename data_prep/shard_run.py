@@ -196,6 +196,7 @@ def _shard(listing: Listing, output: LocalOutput | StoreOutput, cfg: ShardConfig
         nonlocal closed
         closed += record is not None
         if kill_after and closed >= kill_after:
+            output.settle()  # the shard is recorded (a store uploads and records in the background)
             os.kill(os.getpid(), signal.SIGKILL)
 
     def take(item: Item, outcome: Outcome | TaskFailed) -> None:
@@ -232,6 +233,7 @@ def _shard(listing: Listing, output: LocalOutput | StoreOutput, cfg: ShardConfig
         with uninterrupted():
             for writer in writers.values():
                 closed_one(writer.finish((len(items), 0)))
+            output.settle()  # every shard uploaded and recorded (a failure raises here)
     except BaseException:
         with uninterrupted():
             for writer in writers.values():

@@ -4,6 +4,7 @@
     server.make_bucket("data")
     server.stop(); server.start()        # listener closed and open connections cut; buckets kept
     server.require_auth(True)            # moto then rejects unknown access keys (InvalidAccessKeyId)
+    server.fail_next(3, 503, "SlowDown") # the next 3 S3 requests get that HTTP error (throttling, 5xx)
     server.objects("s3://data/shards/")  # {relative name: bytes}
     server.close()
     with local_s3() as server: ...       # the same, env set meanwhile (None without moto): benchmarks
@@ -11,7 +12,8 @@
 The server runs in its own process, so a test's DataLoader workers (forked) never hold its
 listening socket, and `stop()` really makes the endpoint refuse connections. It is moto's own WSGI
 app served by werkzeug, as `python -m moto.server` does, with one addition: it remembers open
-connections so `stop()` can cut them (clients keep connections alive between requests).
+connections so `stop()` can cut them (clients keep connections alive between requests), and it can
+answer the next requests with an S3 error document and status of the test's choosing.
 The tests talk to it only through the code under test; setup and checks use boto3 against the
 same endpoint.
 """
@@ -69,6 +71,10 @@ class S3Server:
     def start(self) -> None:
         """Listen again on the same port, with every bucket and object as it was."""
         self._command("start")
+
+    def fail_next(self, count: int, status: int = 503, code: str = "SlowDown") -> None:
+        """Answer the next `count` S3 requests with HTTP `status` and S3 error `code`."""
+        self._command(f"fail {count} {status} {code}")
 
     def env(self) -> dict[str, str]:
         return {"AWS_ENDPOINT_URL": self.endpoint, **KEYS}
@@ -153,8 +159,17 @@ def _serve(port: int) -> None:
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    app = DomainDispatcherApplication(create_backend_app)
+    moto_app = DomainDispatcherApplication(create_backend_app)
     connections: set[socket.socket] = set()
+    failing = {"count": 0, "status": 503, "code": "SlowDown"}
+
+    def app(environ, start_response):
+        if failing["count"] > 0 and not environ["PATH_INFO"].startswith("/moto-api"):
+            failing["count"] -= 1
+            start_response(f"{failing['status']} Error", [("Content-Type", "application/xml")])
+            return [f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{failing['code']}</Code>"
+                    f"<Message>injected by the test</Message></Error>".encode()]
+        return moto_app(environ, start_response)
 
     class Handler(MotoRequestHandler):
         def setup(self) -> None:
@@ -187,7 +202,11 @@ def _serve(port: int) -> None:
     start()
     print("ready", flush=True)
     for line in sys.stdin:
-        {"stop": stop, "start": start}[line.strip()]()
+        command, *args = line.split()
+        if command == "fail":
+            failing.update(count=int(args[0]), status=int(args[1]), code=args[2])
+        else:
+            {"stop": stop, "start": start}[command]()
         print("ok", flush=True)
 
 
