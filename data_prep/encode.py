@@ -4,7 +4,9 @@
     data = encode_mp4(frames_uint8_THWC, fps=25, gop=16, crf=23)
 
 Used by the synthetic generator, by transcoding in `vssl shard`, and by tests that need a
-small real video. The GOP length sets the keyframe interval, which bounds random-access cost.
+small real video. The GOP length sets the keyframe interval, which bounds random-access cost:
+keyframes land exactly at frames 0, gop, 2 gop, ... (no scene-cut keyframes, and a decoded
+frame's own picture type is cleared so the source's keyframes are not carried over).
 Frames may be RGB uint8 arrays or decoded `av.VideoFrame`s (already at the output size), so a
 transcode never round-trips through RGB.
 
@@ -22,6 +24,7 @@ from typing import Iterable
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 
 def encode_mp4(frames: np.ndarray | Iterable[np.ndarray | av.VideoFrame], fps: float = 25.0,
@@ -37,7 +40,10 @@ def encode_mp4(frames: np.ndarray | Iterable[np.ndarray | av.VideoFrame], fps: f
         stream = None
         for index, frame in enumerate(frames):
             if isinstance(frame, av.VideoFrame):
+                # a decoded frame keeps its source picture type, which x264 obeys: a source
+                # keyframe would be forced into the output wherever it falls, breaking the GOP
                 vf = frame
+                vf.pict_type, vf.key_frame = PictureType.NONE, False
             else:
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, dtype=np.uint8), format="rgb24")
             if stream is None:

@@ -9,8 +9,10 @@ samples, read with webdataset's own tar iteration (what the loader sees), number
 that each sample has .mp4 and .json, the json is a valid SampleMeta of the shard's split with a
 known label and the sha256 of the mp4 bytes; that annotations match the frame count and size;
 that totals agree and no .tar beside the manifest is unlisted; and that quarantine.jsonl holds
-as many entries as the manifest says. Prints one line per problem and exits 1 if there is any,
-else one "ok" line.
+as many entries as the manifest says. Each video is demuxed (not decoded) to find its keyframes:
+the longest keyframe interval must match the sample's json and, over all videos, the manifest's
+totals.keyframe_interval, and the "ok" line reports it (it bounds the cost of random access).
+Prints one line per problem and exits 1 if there is any, else one "ok" line.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import argparse
 import json
 import sys
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from data_prep.annotations import AnnotationError, load_annotations
-from data_prep.probe import VideoError, count_decoded_frames
+from data_prep.probe import VideoError, count_decoded_frames, probe
 from pipeline.data.shard_format import (MANIFEST_NAME, QUARANTINE_NAME, Manifest, SampleMeta, ShardEntry,
                                         ShardFormatError, read_manifest, sha256_bytes, sha256_file)
 
@@ -41,7 +44,31 @@ def _samples(shard: Path) -> Iterator[dict[str, Any]]:
         yield from group_by_keys({**member, "__url__": str(shard)} for member in tar_file_iterator(f))
 
 
-def _check_sample(sample: dict[str, Any], entry: ShardEntry, classes: list[str], decode: bool) -> list[str]:
+@dataclass
+class _Walk:
+    """What a pass over the shards is asked to do, and what it has seen so far."""
+
+    classes: list[str]
+    decode: bool
+    show_count: int
+    seen: set[str] = field(default_factory=set)
+    shown: list[str] = field(default_factory=list)
+    keyframe_interval: int = 0  # longest over the videos read
+
+
+def _check_video(sample: dict[str, Any], meta: SampleMeta, where: str, walk: _Walk) -> list[str]:
+    try:
+        interval = probe(sample["mp4"]).keyframe_interval
+    except VideoError as e:
+        return [f"{where}: {e}"]
+    walk.keyframe_interval = max(walk.keyframe_interval, interval)
+    claimed = meta.extra.get("keyframe_interval", interval)
+    if claimed != interval:
+        return [f"{where}: keyframes up to {interval} frames apart, .json says {claimed}"]
+    return []
+
+
+def _check_sample(sample: dict[str, Any], entry: ShardEntry, walk: _Walk) -> list[str]:
     key = sample["__key__"]
     where = f"{entry.name}: {key}"
     missing = [ext for ext in ("mp4", "json") if ext not in sample]
@@ -51,20 +78,20 @@ def _check_sample(sample: dict[str, Any], entry: ShardEntry, classes: list[str],
         meta = SampleMeta.from_json(sample["json"], key)
     except ShardFormatError as e:
         return [f"{entry.name}: {e}"]
-    problems = []
+    problems = _check_video(sample, meta, where, walk)
     if sha256_bytes(sample["mp4"]) != meta.sha256:
         problems.append(f"{where}: .mp4 sha256 does not match its .json")
     if meta.split != entry.split:
         problems.append(f"{where}: split {meta.split!r} in a {entry.split!r} shard")
-    if not -1 <= meta.label < len(classes):
-        problems.append(f"{where}: label {meta.label} outside the {len(classes)} classes")
+    if not -1 <= meta.label < len(walk.classes):
+        problems.append(f"{where}: label {meta.label} outside the {len(walk.classes)} classes")
     if "boxes.json" in sample or "masks.npz" in sample:
         try:
             load_annotations(sample.get("boxes.json"), sample.get("masks.npz"), meta.num_frames,
                              meta.width, meta.height)
         except AnnotationError as e:
             problems.append(f"{where}: {e}")
-    if decode:
+    if walk.decode:
         try:
             frames = count_decoded_frames(sample["mp4"])
             if frames != meta.num_frames:
@@ -74,8 +101,7 @@ def _check_sample(sample: dict[str, Any], entry: ShardEntry, classes: list[str],
     return problems
 
 
-def _check_shard(folder: Path, entry: ShardEntry, classes: list[str], decode: bool, seen: set[str],
-                 show: list[str], show_count: int) -> list[str]:
+def _check_shard(folder: Path, entry: ShardEntry, walk: _Walk) -> list[str]:
     path = folder / entry.name
     if not path.is_file():
         return [f"{entry.name}: listed in the manifest but missing"]
@@ -89,12 +115,12 @@ def _check_shard(folder: Path, entry: ShardEntry, classes: list[str], decode: bo
     try:
         for sample in _samples(path):
             count += 1
-            if sample["__key__"] in seen:
+            if sample["__key__"] in walk.seen:
                 problems.append(f"{entry.name}: duplicate key {sample['__key__']}")
-            seen.add(sample["__key__"])
-            problems += _check_sample(sample, entry, classes, decode)
-            if len(show) < show_count and "json" in sample:
-                show.append(f"{entry.name} {sample['__key__']}: {sample['json'].decode('utf-8', 'replace')}")
+            walk.seen.add(sample["__key__"])
+            problems += _check_sample(sample, entry, walk)
+            if len(walk.shown) < walk.show_count and "json" in sample:
+                walk.shown.append(f"{entry.name} {sample['__key__']}: {sample['json'].decode('utf-8', 'replace')}")
     except (tarfile.TarError, ValueError, OSError) as e:
         problems.append(f"{entry.name}: unreadable after {count} samples ({' '.join(str(e).split())[:200]})")
     if count != entry.samples:
@@ -102,8 +128,12 @@ def _check_shard(folder: Path, entry: ShardEntry, classes: list[str], decode: bo
     return problems
 
 
-def _check_totals(folder: Path, manifest: Manifest) -> list[str]:
+def _check_totals(folder: Path, manifest: Manifest, walk: _Walk) -> list[str]:
     problems = []
+    written = manifest.totals.get("keyframe_interval")  # absent from manifests written before it was
+    if written is not None and written != walk.keyframe_interval:
+        problems.append(f"{MANIFEST_NAME}: totals.keyframe_interval is {written}, "
+                        f"the videos have {walk.keyframe_interval}")
     expected = {"samples": sum(s.samples for s in manifest.shards), "bytes": sum(s.bytes for s in manifest.shards),
                 "shards": len(manifest.shards)}
     for name, value in expected.items():
@@ -121,22 +151,23 @@ def _check_totals(folder: Path, manifest: Manifest) -> list[str]:
     return problems
 
 
-def inspect_dataset(path: str | Path, decode: bool = False, show: int = 0) -> tuple[list[str], list[str]]:
-    """(problems, shown sample lines) of the dataset at `path` (folder or manifest.json)."""
+def inspect_dataset(path: str | Path, decode: bool = False, show: int = 0) -> tuple[list[str], list[str], int]:
+    """(problems, shown sample lines, longest keyframe interval) of the dataset at `path`
+    (folder or manifest.json)."""
     path = Path(path)
     try:
         manifest = read_manifest(path)
     except ShardFormatError as e:
-        return [str(e)], []
+        return [str(e)], [], 0
     folder = path if path.is_dir() else path.parent
-    problems, shown, seen = [], [], set()
+    walk, problems = _Walk(manifest.classes, decode, show), []
     for entry in manifest.shards:
-        problems += _check_shard(folder, entry, manifest.classes, decode, seen, shown, show)
-    return problems + _check_totals(folder, manifest), shown
+        problems += _check_shard(folder, entry, walk)
+    return problems + _check_totals(folder, manifest, walk), walk.shown, walk.keyframe_interval
 
 
 def run(args: argparse.Namespace) -> int:
-    problems, shown = inspect_dataset(args.path, decode=args.decode, show=args.show)
+    problems, shown, keyframe_interval = inspect_dataset(args.path, decode=args.decode, show=args.show)
     for line in shown:
         print(line)
     for line in problems:
@@ -146,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     manifest = read_manifest(args.path)
     print(f"ok: {len(manifest.shards)} shards, {manifest.totals.get('samples')} samples, "
-          f"{len(manifest.classes)} classes, {manifest.quarantined} quarantined"
+          f"{len(manifest.classes)} classes, {manifest.quarantined} quarantined, "
+          f"longest keyframe interval {keyframe_interval} frames"
           + (", every video decoded" if args.decode else "") + f" {json.dumps(manifest.totals.get('by_split', {}))}")
     return 0

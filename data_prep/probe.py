@@ -41,8 +41,14 @@ class VideoInfo:
     duration: float  # seconds, first frame to the end of the last
     pts: list[int]  # presentation timestamps in display order (stream time base)
     time_base: Fraction
-    keyframe_interval: int  # longest stretch of frames from one keyframe to the next
+    keyframes: list[int]  # display-order indices of the keyframes
     header_size: tuple[int, int] | None = None  # (width, height) an MP4 header claims; None: not MP4
+
+    @property
+    def keyframe_interval(self) -> int:
+        """Longest stretch of frames from one keyframe to the next (or to the end)."""
+        bounds = self.keyframes + [self.num_frames]
+        return max(b - a for a, b in zip(bounds, bounds[1:])) if len(bounds) > 1 else self.num_frames
 
     @property
     def frame_times(self) -> list[float]:
@@ -138,13 +144,11 @@ def probe(data: bytes) -> VideoInfo:
         else:
             fps = 25.0  # one frame and no rate: any rate describes it
         rank = {p: i for i, p in enumerate(pts)}
-        bounds = sorted(rank[p] for p in key_pts) + [len(pts)]
-        interval = max(b - a for a, b in zip(bounds, bounds[1:])) if len(bounds) > 1 else len(pts)
         return VideoInfo(
             container=container.format.name, codec=ctx.name, width=ctx.width, height=ctx.height,
             fps=fps, num_frames=len(pts), reported_frames=int(stream.frames or 0),
             duration=float((pts[-1] - pts[0]) * time_base) + 1.0 / fps, pts=pts,
-            time_base=time_base, keyframe_interval=interval,
+            time_base=time_base, keyframes=sorted(rank[p] for p in key_pts),
             header_size=mp4_header_size(data) if "mp4" in container.format.name.split(",") else None)
 
 

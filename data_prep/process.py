@@ -59,6 +59,7 @@ class Sample:
     key: str
     members: list[tuple[str, bytes]]  # (extension, bytes) in tar order
     duration: float
+    keyframe_interval: int  # of the stored video: the longest run of frames from one keyframe to the next
 
 
 @dataclass
@@ -186,7 +187,7 @@ def _sample(item: Item, key: str, mp4: bytes, mode: str, window: tuple[float, fl
                       duration=round(stored.duration, 6), source=item.source, sha256=sha256_bytes(mp4),
                       split=item.split, extra=extra)
     members = [("mp4", mp4), ("json", meta.to_json())] + (ann.members() if ann else [])
-    return Sample(key=key, members=members, duration=meta.duration)
+    return Sample(key=key, members=members, duration=meta.duration, keyframe_interval=stored.keyframe_interval)
 
 
 def _annotations(item: Item, info: VideoInfo) -> Annotations | None:

@@ -148,7 +148,8 @@ def _manifest(listing: Listing, shards: list[dict[str, Any]], quarantined: int, 
         by_split[rec["split"]] += rec["samples"]
     totals = {"samples": sum(by_split.values()), "bytes": sum(r["bytes"] for r in shards),
               "shards": len(shards), "duration": round(sum(r["duration"] for r in shards), 3),
-              "by_split": dict(sorted(by_split.items()))}
+              "by_split": dict(sorted(by_split.items())),
+              "keyframe_interval": max((r.get("keyframe_interval", 0) for r in shards), default=0)}
     manifest = Manifest(
         shards=[ShardEntry(r["name"], r["split"], r["samples"], r["bytes"], r["sha256"]) for r in shards],
         classes=listing.classes, totals=totals, quarantined=quarantined, command=command,

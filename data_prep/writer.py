@@ -15,7 +15,8 @@ The journal is JSON lines (`JsonLines`, each fsync'ed before `append` returns; o
 objects with the same records, data_prep/output.py):
     {"event": "start", "fingerprint": ...}         the command and input listing it belongs to
     {"event": "open", "split", "name", "start"}     a shard was started at cursor `start`
-    {"event": "done", "split", "name", "start", "end", "samples", "bytes", "sha256", "duration", "keys"}
+    {"event": "done", "split", "name", "start", "end", "samples", "bytes", "sha256", "duration",
+                                                     "keyframe_interval", "keys"}
 A cursor is [item index, sample number within the item]; a shard holds every sample of its
 split with start <= cursor < end. A "done" record may carry what the output adds (an object's "etag").
 """
@@ -108,7 +109,7 @@ class _ShardFile:
         self._raw = open(self.tmp, "wb")
         self._hashing = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
-        self.samples, self.duration, self.keys = 0, 0.0, []
+        self.samples, self.duration, self.keys, self.keyframe_interval = 0, 0.0, [], 0
 
     @property
     def bytes(self) -> int:
@@ -123,6 +124,7 @@ class _ShardFile:
             self._tar.addfile(info, io.BytesIO(data))
         self.samples += 1
         self.duration += sample.duration
+        self.keyframe_interval = max(self.keyframe_interval, sample.keyframe_interval)
         self.keys.append(sample.key)
 
     def close(self, end: Cursor, split: str) -> dict[str, Any]:
@@ -132,7 +134,7 @@ class _ShardFile:
         return {"event": "done", "split": split, "name": self.name, "start": list(self.start),
                 "end": list(end), "samples": self.samples, "bytes": self._hashing.size,
                 "sha256": self._hashing.sha256.hexdigest(), "duration": round(self.duration, 6),
-                "keys": self.keys, **extra}
+                "keyframe_interval": self.keyframe_interval, "keys": self.keys, **extra}
 
     def discard(self) -> None:
         self._raw.close()

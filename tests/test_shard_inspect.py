@@ -47,6 +47,7 @@ def test_clean_dataset_passes_with_decode_and_show(dataset, capsys):
     assert main(["inspect", str(dataset), "--decode", "--show", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("ok: 3 shards, 5 samples, 2 classes, 1 quarantined")
+    assert "longest keyframe interval 8 frames" in lines[-1]
     assert lines[0].startswith("train-000000.tar a_0_") and '"label_name": "a"' in lines[0]
     assert main(["inspect", str(dataset / "manifest.json")]) == 0
 
@@ -56,7 +57,7 @@ def test_flipped_byte_in_a_video(copy):
     data = bytearray(shard.read_bytes())
     data[600] ^= 0xFF  # inside the first member's video bytes (after its 512-byte header)
     shard.write_bytes(bytes(data))
-    problems, _ = inspect_dataset(copy)
+    problems, _, _ = inspect_dataset(copy)
     assert problems == ["train-000001.tar: sha256 differs from the manifest",
                         f"train-000001.tar: {_first_key(shard)}: .mp4 sha256 does not match its .json"]
 
@@ -71,7 +72,7 @@ def test_dropped_sample_and_edited_counts(copy, capsys):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["shards"][2]["samples"] += 1
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    problems, _ = inspect_dataset(copy)
+    problems, _, _ = inspect_dataset(copy)
     assert problems[0].startswith("train-000000.tar: ") and "bytes, the manifest says" in problems[0]
     assert problems[1:] == ["train-000000.tar: sha256 differs from the manifest",
                             "train-000000.tar: 1 samples, the manifest says 2",
@@ -90,7 +91,7 @@ def test_bad_metadata_annotations_and_stray_files(copy):
     (copy / "train-000001.tar").unlink()
     shutil.copy(shard, copy / "extra-000000.tar")
     (copy / "quarantine.jsonl").write_text("")
-    problems, _ = inspect_dataset(copy)
+    problems, _, _ = inspect_dataset(copy)
     key = _first_key(shard)
     assert problems == ["train-000001.tar: listed in the manifest but missing",
                         "train-000002.tar: sha256 differs from the manifest",
@@ -104,3 +105,15 @@ def test_missing_or_foreign_manifest(tmp_path):
     assert inspect_dataset(tmp_path)[0] == [f"{tmp_path}/manifest.json: manifest not found"]
     (tmp_path / "manifest.json").write_text('{"format": "other"}')
     assert "not a vssl-shards manifest" in inspect_dataset(tmp_path)[0][0]
+
+
+def test_keyframe_interval_checked_against_json_and_manifest(copy):
+    shard = copy / "train-000002.tar"
+    _rewrite(shard, edit=lambda name, data: data.replace(b'"keyframe_interval": 8', b'"keyframe_interval": 4')
+             if name.endswith(".json") else data)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["totals"]["keyframe_interval"] = 16
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    problems, _, _ = inspect_dataset(copy)
+    assert problems[1:] == [f"train-000002.tar: {_first_key(shard)}: keyframes up to 8 frames apart, .json says 4",
+                            "manifest.json: totals.keyframe_interval is 16, the videos have 8"]

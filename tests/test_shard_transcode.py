@@ -97,3 +97,16 @@ def test_mismatched_masks_are_quarantined(tmp_path):
     assert reasons["a"] == "masks.npz: shape (16, 48, 60) does not match the video (16, 48, 64)"
     assert reasons["b"].startswith("masks.npz: unreadable (Object arrays cannot be loaded")
     assert metas(tmp_path / "out") == {}
+
+
+@pytest.mark.parametrize("gop", [16, 32])
+def test_transcode_puts_keyframes_exactly_every_gop(tmp_path, gop):
+    """Sources with shorter (8) and longer (40) keyframe intervals than asked: the output's
+    keyframes sit at 0, gop, 2 gop, ... whatever the source's were; the manifest says so."""
+    video(tmp_path / "in" / "short.mp4", frames=64, gop=8)
+    video(tmp_path / "in" / "long.mp4", frames=64, gop=40, seed=1)
+    run_shard(tmp_path / "in", tmp_path / "out", transcode=True, gop=gop)
+    for key, sample in read_samples(tmp_path / "out").items():
+        assert probe(sample["mp4"]).keyframes == list(range(0, 64, gop)), key
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["totals"]["keyframe_interval"] == gop

@@ -56,7 +56,7 @@ manifest.json (format_version 1):
                  "bytes": 52428800, "sha256": "..."}, ...],
      "classes": ["class_a", "class_b", ...],        # label id = index
      "totals": {"samples": N, "bytes": B, "shards": S, "duration": seconds,
-                "by_split": {"train": N1, "val": N2}},
+                "by_split": {"train": N1, "val": N2}, "keyframe_interval": K},
      "quarantined": Q, "command": ["vssl", "shard", ...], "config": {...}, "created": ISO-8601}
 
 Readers take counts from the manifest and never guess them; `read_manifest` and `Manifest.write`
