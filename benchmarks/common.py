@@ -24,7 +24,7 @@ def synthetic_shards(root: Path, per_class: int, val_fraction: float, max_sample
     synth += [] if davis else ["--no-davis"]
     for argv in (synth,
                  ["shard", str(raw / "kinetics.csv"), "--root", str(raw / "videos"), "--classes",
-                  str(raw / "classes.txt"), "--out", str(shards), "--workers", str(workers), "--max-samples",
+                  str(raw / "classes.txt"), "--out", str(shards), "--workers", str(workers), "--inputs-per-shard",
                   str(max_samples), "--no-progress"]):
         if vssl(argv) != 0:
             raise RuntimeError(f"benchmarks: `vssl {argv[0]}` of the synthetic data failed")

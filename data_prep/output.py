@@ -1,26 +1,27 @@
 """Where `vssl shard` writes -- a local folder or an object-store prefix -- and how each commits.
 
     output = open_output("s3://bucket/shards/")          # or a local path: LocalOutput
-    journal, quarantine = output.open_logs(journal_keep, quarantine_keep)
+    journal = output.open_log(part, keep)                # a node part's journal (data_prep/writer.py)
     extra = output.commit(tmp_path, "train-000000.tar")  # the finished shard under its final name
 
 Both follow the commit protocol written down in pipeline/data/shard_format.py: a shard exists under
 its final name only whole; the journal records it only after that; manifest.json is written last,
 and readers trust only shards a manifest lists.
 
-LocalOutput: shards are built as OUT/NAME.tar.tmp, fsync'ed and renamed; the journal
-(shard-journal.jsonl) and quarantine.jsonl are JSON lines, each fsync'ed (data_prep.writer.JsonLines).
+LocalOutput: shards are built as OUT/NAME.tar.tmp, fsync'ed and renamed; each node part's journal
+(shard-journal{part}.jsonl) is JSON lines, each fsync'ed (data_prep.writer.JsonLines).
 
 StoreOutput (s3://, gs://): shards are built in a local staging folder (one open shard per split)
 and uploaded under their final name (one PUT, or a multipart upload completed last: either way the
-object appears whole or not at all); the object's ETag goes into its journal record. The journal and
-the quarantine entries live in OUT/shard-journal/ as immutable chunk objects
-`g{generation:04d}-{sequence:08d}.jsonl`, each line {"journal": record} or {"quarantine": entry}.
-Records are buffered and written as one chunk whenever a shard's "done" record is appended (after
-its upload) and when the run ends, so a chunk holds every open record and quarantine entry that came
+object appears whole or not at all); the object's ETag goes into its journal record. Each node part's journal
+lives in OUT/shard-journal{part}/ as immutable chunk objects `g{generation:04d}-{sequence:08d}.jsonl`
+of journal lines. Records are buffered and written as one chunk whenever a shard's "done" record is
+appended (after its upload) and when the run ends, so a chunk holds every quarantine record that came
 before its "done" -- what resuming needs. A resumed run reads the newest generation's chunks
 0, 1, ... up to the first gap, writes what it keeps as chunk 0 of a new generation, then deletes the
-older ones. quarantine.jsonl is written whole at the end, then manifest.json.
+older ones.
+
+On both, `finish` writes quarantine.jsonl whole (atomically) and then manifest.json, last.
 
 Uploads and journal writes run on one background thread, in the order the writer asked for them,
 so the workers keep going while a shard uploads (at most 2 finished shards wait in staging; the
@@ -43,15 +44,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from data_prep.writer import JOURNAL_NAME, JsonLines
+from data_prep.writer import JOURNAL_STEM, JsonLines, journal_name
 from pipeline import storage
 from pipeline.data.shard_format import QUARANTINE_NAME, Manifest, sha256_file
-from pipeline.durable import fsync_dir, fsync_file
+from pipeline.durable import atomic_write, fsync_dir, fsync_file
 
 log = logging.getLogger("vssl.shard")
+_PART = r"(\.node-\d{5}-of-\d{5})?"  # data_prep.plan.Node.part
 OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?|manifest\.json(\.tmp)?|quarantine\.jsonl(\.tmp)?|"
-                       + re.escape(JOURNAL_NAME) + r")$")
-STORE_JOURNAL = "shard-journal"  # the folder of a store run's journal chunks
+                       + re.escape(JOURNAL_STEM) + _PART + r"\.jsonl(\.tmp)?)$")
+_STORE_JOURNAL = re.compile(r"^(" + re.escape(JOURNAL_STEM) + _PART + r")/(g\d{4}-\d{8}\.jsonl)$")
 _CHUNK = re.compile(r"^g(\d{4})-(\d{8})\.jsonl$")
 
 
@@ -68,19 +70,21 @@ class LocalOutput:
         self.folder.mkdir(parents=True, exist_ok=True)
         return sorted(p.name for p in self.folder.iterdir() if OUR_FILES.match(p.name))
 
-    def read_logs(self) -> tuple[list[dict], list[dict]]:
-        return JsonLines.read(self.folder / JOURNAL_NAME), JsonLines.read(self.folder / QUARANTINE_NAME)
+    def read_log(self, part: str) -> list[dict]:
+        return JsonLines.read(self.folder / journal_name(part))
 
-    def open_logs(self, journal: list[dict], quarantine: list[dict]) -> tuple[JsonLines, JsonLines]:
-        return JsonLines(self.folder / JOURNAL_NAME, journal), JsonLines(self.folder / QUARANTINE_NAME, quarantine)
+    def open_log(self, part: str, keep: list[dict]) -> JsonLines:
+        return JsonLines(self.folder / journal_name(part), keep)
 
     def remove(self, names: list[str]) -> None:
         for name in names:
             (self.folder / name).unlink(missing_ok=True)
 
-    def shard_intact(self, record: dict[str, Any]) -> bool:
+    def shard_intact(self, record: dict[str, Any], deep: bool = True) -> bool:
+        """The shard a journal record names is there with its size (and, if deep, its sha256)."""
         path = self.folder / record["name"]
-        return path.is_file() and path.stat().st_size == record["bytes"] and sha256_file(path) == record["sha256"]
+        return (path.is_file() and path.stat().st_size == record["bytes"]
+                and (not deep or sha256_file(path) == record["sha256"]))
 
     def commit(self, tmp: Path, name: str) -> dict[str, Any]:
         fsync_file(tmp)
@@ -92,56 +96,57 @@ class LocalOutput:
         pass  # commits are done when commit() returns
 
     def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
-        manifest.write(self.folder)  # quarantine.jsonl is already whole: every line fsync'ed
+        atomic_write(self.folder / QUARANTINE_NAME, lambda tmp: tmp.write_text(_json_lines(quarantine)))
+        manifest.write(self.folder)
 
     def close(self) -> None:
         pass
 
 
-class _StoreLog:
-    """A store run's journal and quarantine, as chunk objects (see the module docstring)."""
+def _json_lines(records: list[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
 
-    def __init__(self, prefix: str, existing: list[str], journal: list[dict], quarantine: list[dict]):
+
+class _StoreLog:
+    """A store part's journal, as chunk objects (see the module docstring)."""
+
+    def __init__(self, prefix: str, existing: list[str], keep: list[dict]):
         self.prefix = prefix
         old = [name for name in existing if _CHUNK.match(name)]
         self.generation = 1 + max((int(_CHUNK.match(n).group(1)) for n in old), default=-1)
         self.sequence = 0
-        self.pending = [("journal", r) for r in journal] + [("quarantine", r) for r in quarantine]
+        self.pending = list(keep)
         self.flush()  # chunk 0 of the new generation: what this run keeps
         storage.remove([storage.join(prefix, n) for n in old])
 
     @staticmethod
-    def read(prefix: str, existing: list[str]) -> tuple[list[dict], list[dict]]:
-        """The journal records and quarantine entries in the chunks `existing` (names under prefix)."""
+    def read(prefix: str, existing: list[str]) -> list[dict]:
+        """The records in the chunks `existing` (names under prefix)."""
         chunks: dict[int, set[int]] = {}
         for name in existing:
             match = _CHUNK.match(name)
             if match:
                 chunks.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
         generation = max((g for g, seqs in chunks.items() if 0 in seqs), default=None)
-        logs: dict[str, list[dict]] = {"journal": [], "quarantine": []}
+        records: list[dict] = []
         sequence = 0
         while generation is not None and sequence in chunks[generation]:
             text = storage.read_text(storage.join(prefix, f"g{generation:04d}-{sequence:08d}.jsonl"))
-            for line in text.splitlines():
-                (kind, record), = json.loads(line).items()
-                logs[kind].append(record)
+            records += [json.loads(line) for line in text.splitlines()]
             sequence += 1
-        return logs["journal"], logs["quarantine"]
+        return records
 
-    def add(self, kind: str, record: dict[str, Any], flush: bool) -> None:
-        self.pending.append((kind, record))
+    def add(self, record: dict[str, Any], flush: bool) -> None:
+        self.pending.append(record)
         if flush:
             self.flush()
 
     def flush(self) -> None:
-        text = "".join(json.dumps({kind: r}, sort_keys=True) + "\n" for kind, r in self.pending)
-        if text or self.sequence == 0:
+        if self.pending or self.sequence == 0:
             storage.write_bytes(storage.join(self.prefix, f"g{self.generation:04d}-{self.sequence:08d}.jsonl"),
-                                text.encode())
+                                _json_lines(self.pending).encode())
             self.sequence += 1
         self.pending = []
-
 
 
 class _InOrder:
@@ -186,20 +191,21 @@ class _InOrder:
 
 
 class _LogView:
-    """One of the two logs of a _StoreLog, with the JsonLines interface the writer uses; appends run
-    on the background thread, after the uploads asked for before them."""
+    """A _StoreLog with the JsonLines interface the writer uses; appends run on the background
+    thread, after the uploads asked for before them."""
 
-    def __init__(self, output: "StoreOutput", store_log: _StoreLog, kind: str, keep: list[dict]):
-        self._output, self._log, self._kind = output, store_log, kind
+    def __init__(self, output: "StoreOutput", store_log: _StoreLog, keep: list[dict]):
+        self._output, self._log = output, store_log
         self.records = list(keep)
 
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         done = record.get("event") == "done"
+        uploaded = done and record["samples"] > 0
 
-        def add() -> None:  # a "done" record gets its object's ETag, known once the upload ran
-            stored = {**record, "etag": self._output.etags.pop(record["name"])} if done else record
-            self._log.add(self._kind, stored, flush=done)
+        def add() -> None:  # a shard's "done" record gets its object's ETag, known once the upload ran
+            self._log.add({**record, "etag": self._output.etags.pop(record["name"])} if uploaded else record,
+                          flush=done)
 
         self._output.in_order.check()
         self._output.in_order.submit(add)
@@ -216,10 +222,9 @@ class _LogView:
 class StoreOutput:
     def __init__(self, url: str):
         self.url = url.rstrip("/")
-        self.journal_prefix = storage.join(self.url, STORE_JOURNAL)
         self.staging = Path(tempfile.mkdtemp(prefix="vssl-shard-"))
         self._listed: dict[str, dict[str, Any]] = {}
-        self._chunks: list[str] = []
+        self._chunks: dict[str, list[str]] = {}  # journal name -> its chunk objects
         self.in_order = _InOrder()
         self.etags: dict[str, str] = {}  # uploaded shard -> ETag, until its "done" record takes it
 
@@ -227,27 +232,38 @@ class StoreOutput:
         return self.url
 
     def names(self) -> list[str]:
-        """Our objects directly under OUT (shards, manifest, quarantine); also fails fast on a
-        missing bucket or refused credentials."""
+        """Our objects directly under OUT (shards, manifest, quarantine) and the journal of each part
+        (as its local file name); also fails fast on a missing bucket or refused credentials."""
         found = storage.find(self.url)  # one listing serves names, logs and shard checks
         self._listed = {n: i for n, i in found.items() if "/" not in n and OUR_FILES.match(n)}
-        self._chunks = [n.split("/", 1)[1] for n in found if n.startswith(STORE_JOURNAL + "/")]
-        return sorted([*self._listed, *([JOURNAL_NAME] if self._chunks else [])])
+        self._chunks = {}
+        for name in found:
+            match = _STORE_JOURNAL.match(name)
+            if match:
+                self._chunks.setdefault(match.group(1) + ".jsonl", []).append(match.group(3))
+        return sorted([*self._listed, *self._chunks])
 
-    def read_logs(self) -> tuple[list[dict], list[dict]]:
-        return _StoreLog.read(self.journal_prefix, self._chunks)
+    def _prefix(self, part: str) -> str:
+        return storage.join(self.url, journal_name(part).removesuffix(".jsonl"))
 
-    def open_logs(self, journal: list[dict], quarantine: list[dict]) -> tuple[_LogView, _LogView]:
-        store_log = _StoreLog(self.journal_prefix, self._chunks, journal, quarantine)
-        return _LogView(self, store_log, "journal", journal), _LogView(self, store_log, "quarantine", quarantine)
+    def read_log(self, part: str) -> list[dict]:
+        return _StoreLog.read(self._prefix(part), self._chunks.get(journal_name(part), []))
+
+    def open_log(self, part: str, keep: list[dict]) -> _LogView:
+        store_log = _StoreLog(self._prefix(part), self._chunks.pop(journal_name(part), []), keep)
+        return _LogView(self, store_log, keep)
 
     def remove(self, names: list[str]) -> None:
-        chunks = [f"{STORE_JOURNAL}/{n}" for n in self._chunks] if JOURNAL_NAME in names else []
-        storage.remove([storage.join(self.url, n) for n in [*names, *chunks] if n != JOURNAL_NAME])
-        if chunks:
-            self._chunks = []
+        """Delete these objects (names from `names()`; a journal's name deletes its chunks)."""
+        urls = []
+        for name in names:
+            chunks = self._chunks.pop(name, None)
+            urls += ([storage.join(self.url, name)] if chunks is None else
+                     [storage.join(self.url, name.removesuffix(".jsonl"), chunk) for chunk in chunks])
+        storage.remove(urls)
 
-    def shard_intact(self, record: dict[str, Any]) -> bool:
+    def shard_intact(self, record: dict[str, Any], deep: bool = True) -> bool:
+        """The shard a journal record names is there with its size and ETag (as listed by `names`)."""
         found = self._listed.get(record["name"])
         return found is not None and found["size"] == record["bytes"] and found["etag"] == record.get("etag")
 
@@ -269,8 +285,7 @@ class StoreOutput:
         self.in_order.check()
 
     def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in quarantine)  # as JsonLines writes them
-        storage.write_bytes(storage.join(self.url, QUARANTINE_NAME), lines.encode())
+        storage.write_bytes(storage.join(self.url, QUARANTINE_NAME), _json_lines(quarantine).encode())
         manifest.write(self.url)
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 _END = object()
 _READY = "ready"
-_START_TIMEOUT_S = 120.0
+START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -80,12 +80,12 @@ class _Worker:
     def wait_ready(self) -> None:
         """Block until the worker has started; RuntimeError if it cannot."""
         try:
-            if self.conn.poll(_START_TIMEOUT_S) and self.conn.recv() == _READY:
+            if self.conn.poll(START_TIMEOUT_S) and self.conn.recv() == _READY:
                 return
         except (EOFError, OSError):
             raise RuntimeError(f"a pool worker failed to start: {self.death()}") from None
         self.kill()
-        raise RuntimeError(f"a pool worker did not start within {_START_TIMEOUT_S:g}s")
+        raise RuntimeError(f"a pool worker did not start within {START_TIMEOUT_S:g}s")
 
     def submit(self, seq: int, task: Any) -> None:
         self.seq, self.started = seq, time.monotonic()

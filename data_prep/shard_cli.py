@@ -8,14 +8,22 @@
     vssl shard s3://bucket/raw/ --out s3://bucket/shards/                  # object storage in and out
     vssl shard s3://bucket/k400.csv --root s3://bucket/videos/ --out s3://bucket/k400/ \
         --storage-endpoint http://minio:9000                               # an S3-compatible store
+    vssl shard s3://bucket/raw/ --out s3://bucket/shards/ --backend ray --ray-address auto --workers 256
+    vssl shard k400.csv --root videos/ --out shards/ --num-nodes 8 --node-rank 3   # one of 8 machines
+    vssl shard k400.csv --root videos/ --out shards/ --num-nodes 8 --merge         # once all 8 are done
 
 Inputs, --root, --classes and OUT may be URLs (s3://, gs://; https:// for inputs), with credentials
 from the usual places (AWS_* variables, ~/.aws, AWS_ENDPOINT_URL for S3-compatible stores; see
-pipeline/storage.py). Writes OUT/{split}-{index:06d}.tar, OUT/manifest.json (written last), OUT/quarantine.jsonl (every
-rejected input with its reason) and prints a summary. Re-running the same command resumes an
-interrupted run (see data_prep/shard_run.py); the output does not depend on --workers or on where
-it is written. Exit status: 0 when samples were written, 1 when every input was quarantined, 2 on a
-usage error or a store that cannot be used (one line naming the URL; re-running resumes).
+pipeline/storage.py). Writes OUT/{split}-{index:06d}.tar, OUT/quarantine.jsonl (every rejected input
+with its reason), OUT/manifest.json (last) and prints a summary. Shard i of a split holds the samples
+of a fixed run of --inputs-per-shard of its inputs (data_prep/plan.py), so the output does not depend
+on --workers, --backend, --num-nodes or where it is written. Re-running the same command resumes an
+interrupted run (data_prep/shard_run.py). With --num-nodes N, node R writes its share of the shards
+and its journal part into OUT; the same command with --merge instead of --node-rank then writes
+quarantine.jsonl and manifest.json, or names the planned shards still missing and their nodes.
+Exit status: 0 when samples were written (a partitioned node: when its share is done), 1 when every
+input was quarantined, 2 on a usage error, a store or Ray cluster that cannot be used, or shards
+missing at a merge (one line; re-running resumes).
 """
 
 from __future__ import annotations
@@ -24,17 +32,22 @@ import argparse
 import sys
 
 from data_prep.listing import FORMATS, list_inputs
-from data_prep.shard_run import ShardRunError, shard_dataset
+from data_prep.plan import Node
+from data_prep.ray_pool import RayPoolError
+from data_prep.shard_run import ShardRunError, merge_nodes, shard_dataset
 from data_prep.sources import ListingError
 from pipeline import storage
 from pipeline.config import ShardConfig, from_dict
 
 # ShardConfig field -> (flag, help); a flag left out keeps the config default
 _CONFIG_FLAGS = {
-    "workers": ("--workers", "worker processes (the output does not depend on it)"),
+    "workers": ("--workers", "worker processes, or with --backend ray Ray tasks at once (the output does "
+                             "not depend on it)"),
     "timeout_s": ("--timeout-s", "seconds one input may take before it is quarantined"),
-    "shard_size_mb": ("--shard-size-mb", "target shard size"),
-    "max_samples_per_shard": ("--max-samples", "most samples in one shard"),
+    "inputs_per_shard": ("--inputs-per-shard", "inputs of a split per shard (a shard holds their samples)"),
+    "backend": ("--backend", "where the per-input work runs: local (processes) or ray"),
+    "ray_address": ("--ray-address", "with --backend ray: the cluster to join (auto, HOST:PORT, ray://HOST:PORT; "
+                                     "empty starts a local one)"),
     "short_side": ("--short-side", "with --transcode: scale so the short side is this (even)"),
     "fps": ("--fps", "with --transcode: resample to this frame rate"),
     "gop": ("--gop", "keyframe interval of re-encoded video"),
@@ -63,6 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, name)
         parser.add_argument(flag, dest=name, type=type(default), default=None,
                             metavar=flag[2:].upper().replace("-", "_"), help=f"{help_text} (default: {default})")
+    parser.add_argument("--num-nodes", type=int, metavar="N", help="split the run over N machines, each run "
+                        "with --node-rank; then once with --merge")
+    parser.add_argument("--node-rank", type=int, metavar="R", help="with --num-nodes: this machine's share, 0..N-1")
+    parser.add_argument("--merge", action="store_true", help="with --num-nodes: merge the nodes' parts into "
+                        "manifest.json and quarantine.jsonl")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT's shard files first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -88,18 +106,39 @@ def _command(args: argparse.Namespace, cfg: ShardConfig) -> list[str]:
     return command
 
 
+def _node(args: argparse.Namespace) -> Node:
+    """The share of the run this process does, from --num-nodes / --node-rank / --merge."""
+    count, rank = args.num_nodes, args.node_rank
+    if count is None:
+        if rank is not None or args.merge:
+            raise ShardRunError(f"{'--node-rank' if rank is not None else '--merge'}: needs --num-nodes")
+        return Node()
+    if count < 1:
+        raise ShardRunError(f"--num-nodes: must be >= 1, got {count}")
+    if args.merge == (rank is not None):
+        raise ShardRunError("--num-nodes: give --node-rank R (a node's share) or --merge (after every node), not "
+                            + ("both" if args.merge else "neither"))
+    if rank is not None and not 0 <= rank < count:
+        raise ShardRunError(f"--node-rank: must be in 0..{count - 1} (--num-nodes {count}), got {rank}")
+    return Node(rank or 0, count, partitioned=True)
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     inputs = {"input": args.input, "format": args.format, "root": args.root, "split": args.split,
               "classes": args.classes, "labels": args.labels}
     storage.set_endpoint(args.storage_endpoint)
     try:
+        node = _node(args)
         listing = list_inputs(args.input, fmt=args.format, root=args.root, split=args.split,
                               classes_file=args.classes, labels=args.labels)
-        summary = shard_dataset(listing, args.out, cfg, command=_command(args, cfg), inputs=inputs,
-                                overwrite=args.overwrite, progress=False if args.no_progress else None)
-    except (ListingError, ShardRunError, storage.StorageError) as e:
+        if args.merge:
+            summary = merge_nodes(listing, args.out, cfg, node.count, command=_command(args, cfg), inputs=inputs)
+        else:
+            summary = shard_dataset(listing, args.out, cfg, command=_command(args, cfg), inputs=inputs,
+                                    overwrite=args.overwrite, progress=False if args.no_progress else None, node=node)
+    except (ListingError, ShardRunError, RayPoolError, storage.StorageError) as e:
         print(f"vssl shard: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))
-    return 0 if summary.samples else 1
+    return 0 if summary.samples or node.partitioned and not args.merge else 1

@@ -1,24 +1,24 @@
-"""Shard files and the progress journal that makes `vssl shard` resumable.
+"""Shard files and the journal that makes `vssl shard` resumable, one node's part at a time.
 
-    journal = JsonLines(out / JOURNAL_NAME, keep=[])
-    writer = SplitWriter(LocalOutput(out), "train", max_bytes=256 << 20, max_samples=1000, journal=journal)
-    finished = writer.add(sample, cursor=(item_index, sample_number))   # a record when a shard closed
-    writer.finish(end=(num_items, 0))
+    journal = output.open_log(part="", keep=[{"event": "start", ...}])
+    writer = ShardWriter(LocalOutput(out), journal)
+    writer.add(planned_shard, samples)       # the samples of one item of that shard, in plan order
+    record = writer.close(planned_shard)     # the shard committed and recorded
 
-A shard is written as `{split}-{index:06d}.tar.tmp` in the output's staging folder, handed to the
-output to commit under its final name (data_prep/output.py: fsync + rename on a local disk, an
-upload to an object store), and only then recorded in the journal, so a `.tar` name is always a
-whole shard and a journal record always names a complete one. Tar headers are fixed (mtime 0,
-uid/gid 0, mode 0644), so the same samples always give the same bytes.
+A shard is written as `{name}.tmp` in the output's staging folder, handed to the output to commit
+under its final name (data_prep/output.py: fsync + rename on a local disk, an upload to an object
+store), and only then recorded in the journal, so a `.tar` name is always a whole shard and a
+journal record always names a complete one. A planned shard (data_prep/plan.py) whose items were
+all quarantined is recorded with no file. Tar headers are fixed (mtime 0, uid/gid 0, mode 0644),
+so the same samples always give the same bytes.
 
 The journal is JSON lines (`JsonLines`, each fsync'ed before `append` returns; on a store, chunk
-objects with the same records, data_prep/output.py):
-    {"event": "start", "fingerprint": ...}         the command and input listing it belongs to
-    {"event": "open", "split", "name", "start"}     a shard was started at cursor `start`
-    {"event": "done", "split", "name", "start", "end", "samples", "bytes", "sha256", "duration",
-                                                     "keyframe_interval", "keys"}
-A cursor is [item index, sample number within the item]; a shard holds every sample of its
-split with start <= cursor < end. A "done" record may carry what the output adds (an object's "etag").
+objects with the same records, data_prep/output.py), one per node part (`journal_name`):
+    {"event": "start", "fingerprint": ..., "node": [rank, count]}   the command and listing it belongs to
+    {"event": "quarantine", "index", "key", "source", "split", "reason"}   an item that gave no sample
+    {"event": "done", "name", "split", "samples", "bytes", "sha256", "duration", "keyframe_interval", "keys"}
+The quarantine records of a shard's items come before its "done" record; a "done" record may carry
+what the output adds (an object's "etag").
 """
 
 from __future__ import annotations
@@ -31,19 +31,23 @@ import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data_prep.plan import PlannedShard
 from data_prep.process import Sample
-from pipeline.data.shard_format import TMP_SUFFIX, shard_name
+from pipeline.data.shard_format import TMP_SUFFIX
 
 if TYPE_CHECKING:
     from data_prep.output import LocalOutput, StoreOutput
 
-JOURNAL_NAME = "shard-journal.jsonl"
-Cursor = tuple[int, int]
-_BLOCK = tarfile.BLOCKSIZE
+JOURNAL_STEM = "shard-journal"
+
+
+def journal_name(part: str) -> str:
+    """The journal file of a node part (data_prep.plan.Node.part: "" for a whole run)."""
+    return f"{JOURNAL_STEM}{part}.jsonl"
 
 
 class JsonLines:
-    """An append-only JSON-lines file (the journal, quarantine.jsonl), each line fsync'ed.
+    """An append-only JSON-lines file (a local journal), each line fsync'ed.
 
     Opening it rewrites the file atomically with the records to keep, so a line torn by a crash,
     or records a resumed run drops, never sit in front of new ones.
@@ -97,23 +101,13 @@ class _HashingFile:
         return self.size
 
 
-def member_bytes(size: int) -> int:
-    """Bytes one member of `size` takes in a tar (header + padded data; keys keep names short)."""
-    return _BLOCK + -(-size // _BLOCK) * _BLOCK
-
-
 class _ShardFile:
-    def __init__(self, output: LocalOutput | StoreOutput, name: str, start: Cursor):
-        self.output, self.name, self.start = output, name, start
+    def __init__(self, output: LocalOutput | StoreOutput, name: str):
+        self.output, self.name = output, name
         self.tmp = output.staging / (name + TMP_SUFFIX)
         self._raw = open(self.tmp, "wb")
         self._hashing = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
-        self.samples, self.duration, self.keys, self.keyframe_interval = 0, 0.0, [], 0
-
-    @property
-    def bytes(self) -> int:
-        return self._tar.offset
 
     def add(self, sample: Sample) -> None:
         for ext, data in sample.members:
@@ -122,61 +116,51 @@ class _ShardFile:
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             self._tar.addfile(info, io.BytesIO(data))
-        self.samples += 1
-        self.duration += sample.duration
-        self.keyframe_interval = max(self.keyframe_interval, sample.keyframe_interval)
-        self.keys.append(sample.key)
 
-    def close(self, end: Cursor, split: str) -> dict[str, Any]:
+    def close(self) -> dict[str, Any]:
+        """Commit the file; what the record says of it (bytes, sha256, and what the output adds)."""
         self._tar.close()
         self._raw.close()
         extra = self.output.commit(self.tmp, self.name)
-        return {"event": "done", "split": split, "name": self.name, "start": list(self.start),
-                "end": list(end), "samples": self.samples, "bytes": self._hashing.size,
-                "sha256": self._hashing.sha256.hexdigest(), "duration": round(self.duration, 6),
-                "keyframe_interval": self.keyframe_interval, "keys": self.keys, **extra}
+        return {"bytes": self._hashing.size, "sha256": self._hashing.sha256.hexdigest(), **extra}
 
     def discard(self) -> None:
         self._raw.close()
         self.tmp.unlink(missing_ok=True)
 
 
-class SplitWriter:
-    """The shards of one split, rolled over by size and sample count, recorded in the journal."""
+class ShardWriter:
+    """A node's planned shards, written one at a time in plan order and recorded in its journal."""
 
-    def __init__(self, output: LocalOutput | StoreOutput, split: str, max_bytes: int, max_samples: int,
-                 journal: JsonLines, done: list[dict[str, Any]] | None = None):
-        self.output, self.split, self.journal = output, split, journal
-        self.max_bytes, self.max_samples = max_bytes, max_samples
-        self.done = list(done or [])
-        self._current: _ShardFile | None = None
+    def __init__(self, output: LocalOutput | StoreOutput, journal: JsonLines):
+        self.output, self.journal = output, journal
+        self._file: _ShardFile | None = None
+        self._samples, self._duration, self._keyframes, self._keys = 0, 0.0, 0, []
 
-    def add(self, sample: Sample, cursor: Cursor) -> dict[str, Any] | None:
-        """Write one sample; returns the journal record of a shard this closed, if any."""
-        closed = None
-        size = sum(member_bytes(len(data)) for _, data in sample.members)
-        current = self._current
-        if current and (current.samples >= self.max_samples or current.bytes + size + 2 * _BLOCK > self.max_bytes):
-            closed = self.finish(cursor)
-        if self._current is None:
-            name = shard_name(self.split, len(self.done))
-            self._current = _ShardFile(self.output, name, cursor)
-            self.journal.append({"event": "open", "split": self.split, "name": name, "start": list(cursor)})
-        self._current.add(sample)
-        return closed
+    def add(self, shard: PlannedShard, samples: list[Sample]) -> None:
+        """Append one item's samples to `shard` (opened with its first sample)."""
+        if samples and self._file is None:
+            self._file = _ShardFile(self.output, shard.name)
+        for sample in samples:
+            self._file.add(sample)
+            self._samples += 1
+            self._duration += sample.duration
+            self._keyframes = max(self._keyframes, sample.keyframe_interval)
+            self._keys.append(sample.key)
 
-    def finish(self, end: Cursor) -> dict[str, Any] | None:
-        """Close the open shard (if any) as covering everything before `end`."""
-        if self._current is None:
-            return None
-        record = self._current.close(end, self.split)
-        self._current = None
+    def close(self, shard: PlannedShard) -> dict[str, Any]:
+        """Commit `shard` (no file when it holds nothing) and record it; returns the record."""
+        written = self._file.close() if self._file is not None else {"bytes": 0, "sha256": ""}
+        record = {"event": "done", "name": shard.name, "split": shard.split, "samples": self._samples,
+                  "duration": round(self._duration, 6), "keyframe_interval": self._keyframes, "keys": self._keys,
+                  **written}
+        self._file = None
+        self._samples, self._duration, self._keyframes, self._keys = 0, 0.0, 0, []
         self.journal.append(record)
-        self.done.append(record)
         return record
 
     def discard(self) -> None:
         """Drop the open shard's partial file (on an error or Ctrl-C)."""
-        if self._current is not None:
-            self._current.discard()
-            self._current = None
+        if self._file is not None:
+            self._file.discard()
+            self._file = None

@@ -338,9 +338,10 @@ class ModelConfig:
 class ShardConfig:
     """`vssl shard`: raw video -> WebDataset shards (data_prep)."""
 
-    shard_size_mb: float = 256.0
-    max_samples_per_shard: int = 1000
-    workers: int = 2  # worker processes; the output does not depend on it
+    inputs_per_shard: int = 256  # each split's inputs, in listing order, make shards of this many (data_prep/plan.py)
+    workers: int = 2  # worker processes (with backend ray: Ray tasks at once); the output does not depend on it
+    backend: str = "local"  # where the per-input work runs: "local" processes or "ray" (the output is the same)
+    ray_address: str = ""  # backend ray: the cluster to join ("auto", "HOST:PORT", "ray://..."); "" starts a local one
     transcode: bool = False  # re-encode to H.264 with the settings below (else keep the bytes)
     short_side: int = 0  # 0 keeps the size; needs transcode
     fps: float = 0.0  # 0 keeps the rate; needs transcode
@@ -351,8 +352,8 @@ class ShardConfig:
     timeout_s: float = 60.0  # bound on the time spent on one input
 
     def validate(self) -> None:
-        positive = {"shard_size_mb": self.shard_size_mb, "max_samples_per_shard": self.max_samples_per_shard,
-                    "workers": self.workers, "gop": self.gop, "timeout_s": self.timeout_s}
+        positive = {"inputs_per_shard": self.inputs_per_shard, "workers": self.workers, "gop": self.gop,
+                    "timeout_s": self.timeout_s}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"shard.{name}: must be > 0, got {value}")
@@ -369,6 +370,10 @@ class ShardConfig:
         for name in ("short_side", "fps"):
             if getattr(self, name) and not self.transcode:
                 raise ConfigError(f"shard.{name}: set shard.transcode=true (--transcode) to change it")
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"shard.backend: must be 'local' or 'ray', got {self.backend!r}")
+        if self.ray_address and self.backend != "ray":
+            raise ConfigError("shard.ray_address: set shard.backend=ray (--backend ray) to use it")
 
 
 TARGETS = ("pixels", "frame_diff", "motion_energy")  # objective.target (objectives/common.py: target_video)

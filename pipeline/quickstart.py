@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                              "--size", "64", "--seed", "0", "--workers", str(args.workers)])
     _step("shard", ["shard", str(raw / "kinetics.csv"), "--root", str(raw / "videos"), "--classes",
                     str(raw / "classes.txt"), "--out", str(shards), "--workers", str(args.workers),
-                    "--max-samples", "32"])
+                    "--inputs-per-shard", "32"])
     _step("pretrain", ["pretrain", str(RECIPES / "pretrain" / "quickstart.yaml"), "--set", f"data.shards={shards}",
                        "--set", f"train.output_dir={pretrain}", "--set", f"train.max_steps={args.steps}",
                        "--set", f"data.num_workers={args.workers}"])

@@ -21,7 +21,7 @@ def dataset(tmp_path_factory):
         video(d / "in" / cls / f"{n}.mp4", seed=n)
     (d / "in" / "b" / "4.boxes.json").write_text(json.dumps({"format": "xyxy", "boxes": [[0, 0, 8, 8]] * 16}))
     (d / "in" / "b" / "bad.mp4").write_text("nope")
-    run_shard(d / "in", d / "out", max_samples_per_shard=2)
+    run_shard(d / "in", d / "out", inputs_per_shard=2)
     return d / "out"
 
 

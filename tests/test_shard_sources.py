@@ -188,7 +188,7 @@ def _v2d_tar(path, mp4: bytes):
 def test_reshard_vssl_and_video2dataset_shards(tmp_path):
     for n, cls in enumerate(["a", "b", "b"]):
         video(tmp_path / "in" / cls / f"{n}.mp4", seed=n)
-    run_shard(tmp_path / "in", tmp_path / "first", max_samples_per_shard=2)
+    run_shard(tmp_path / "in", tmp_path / "first", inputs_per_shard=2)
     run_shard(tmp_path / "first", tmp_path / "second", transcode=True, short_side=32)
     before, after = metas(tmp_path / "first"), metas(tmp_path / "second")
     assert sorted(before) == sorted(after)

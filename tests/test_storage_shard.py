@@ -22,7 +22,7 @@ from pipeline.data.shards import list_shards
 from tests.shard_testlib import metas, quarantine, run_shard, shard_bytes, video
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARD = ["--max-samples", "3", "--no-progress"]
+SHARD = ["--inputs-per-shard", "3", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +130,14 @@ def test_store_down_mid_run_stops_in_one_line_then_resumes(s3_server, raw, refer
     _stop_server_at_upload(monkeypatch, s3_server, 2, None)
     try:
         with pytest.raises(storage.StorageError) as failed:
-            run_shard(raw, url, max_samples_per_shard=3, workers=2)
+            run_shard(raw, url, inputs_per_shard=3, workers=2)
     finally:
         s3_server.start()
     message = str(failed.value)
     assert "\n" not in message and message.startswith(f"{url}/train-000001.tar: upload failed 4 times")
     monkeypatch.undo()
     assert "manifest.json" not in s3_server.objects(url)
-    summary = run_shard(raw, url, max_samples_per_shard=3, workers=2)
+    summary = run_shard(raw, url, inputs_per_shard=3, workers=2)
     assert summary.skipped == 3  # the first shard's videos, recorded before the store went away
     assert_same(reference, s3_server, url)
 
@@ -147,7 +147,7 @@ def test_store_back_within_the_retry_budget_completes(s3_server, raw, reference,
     monkeypatch.setenv(storage.BACKOFF_ENV, "0.2")  # waits 0.2, 0.4, 0.8, ... s: > 1 s in all
     url = s3_server.make_bucket("flaky") + "/shards"
     _stop_server_at_upload(monkeypatch, s3_server, 2, restart_after_s=0.5)
-    run_shard(raw, url, max_samples_per_shard=3, workers=2)
+    run_shard(raw, url, inputs_per_shard=3, workers=2)
     assert_same(reference, s3_server, url)
 
 

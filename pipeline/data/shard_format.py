@@ -7,7 +7,9 @@ A dataset is a folder (or an object-store prefix, s3://bucket/shards/) of POSIX 
       train-000000.tar  train-000001.tar  val-000000.tar
       manifest.json     quarantine.jsonl
 
-Shard names are `{split}-{index:06d}.tar`.
+Shard names are `{split}-{index:06d}.tar`. Shard j of a split holds the samples of a fixed run of
+that split's inputs (data_prep/plan.py), so a shard whose inputs were all quarantined is not written
+and the names in a manifest may skip a number; readers take the names from the manifest.
 
 Commit protocol (what makes a shard count). A name ending in `.tar` only ever holds a whole shard,
 and a shard counts only once a manifest.json written after it lists it:
@@ -17,14 +19,17 @@ and a shard counts only once a manifest.json written after it lists it:
     visible only when the PUT or CompleteMultipartUpload succeeds, so a killed upload leaves no
     object (at most invisible uploaded parts, which a bucket lifecycle rule
     AbortIncompleteMultipartUpload cleans);
-  - then, on both, the writer's journal records the shard (name, cursor range, size, sha256, and
-    on a store its ETag): `shard-journal.jsonl`, or on a store the chunk objects under
-    `shard-journal/` (data_prep/output.py);
-  - when every shard is recorded, quarantine.jsonl is written whole and then manifest.json, last
-    (local: temp file + rename; store: one PUT). manifest.json is the commit point of the dataset.
+  - then, on both, the writer's journal records the shard (name, size, sha256, and on a store its
+    ETag): `shard-journal.jsonl`, or on a store the chunk objects under `shard-journal/`
+    (data_prep/output.py); each node of a partitioned run (--num-nodes N) has its own journal,
+    `shard-journal.node-RRRRR-of-NNNNN.jsonl` (or the same name without `.jsonl` as the folder);
+  - when every planned shard is recorded (by the run itself, or for N nodes by `--merge` reading
+    every node's journal and checking each shard's size), quarantine.jsonl is written whole and
+    then manifest.json, last (local: temp file + rename; store: one PUT). manifest.json is the
+    commit point of the dataset.
 A killed run therefore leaves no manifest, or the old one; readers (pipeline/data/shards.py) take
 shards only from a manifest, never from a listing of the store, and check each object's size
-against it. Re-running the same `vssl shard` command resumes: shards the journal records are
+against it. Re-running the same `vssl shard` command (node) resumes: shards its journal records are
 checked (local: size + sha256; store: size + ETag from one listing) and kept, shards it does not
 record are deleted or rewritten under the same name with the same bytes.
 
@@ -63,8 +68,8 @@ Readers take counts from the manifest and never guess them; `read_manifest` and 
 take a folder or a URL (through pipeline.storage). A manifest is untrusted input: a shard name must
 be a plain `.tar` file name (read_manifest refuses folders, `..`, `pipe:` and URLs). `config` is
 {"shard": ShardConfig fields, "inputs": the input options}. Beside it, quarantine.jsonl has one JSON object per
-rejected input: {"index", "key", "source", "split", "reason"}; shard-journal.jsonl is the
-writer's resume journal (data_prep/writer.py); readers ignore both.
+rejected input: {"index", "key", "source", "split", "reason"}; shard-journal*.jsonl are the
+writers' resume journals (data_prep/writer.py); readers ignore both.
 """
 
 from __future__ import annotations
