@@ -28,6 +28,11 @@ clips/s are reported as *_wall.
                            workers (and decode helpers), as every epoch began before the loader
                            kept them, / with the workers kept (wall clock, best of the rounds;
                            also reported as epoch2_first_batch_s_new_workers / _persistent)
+    annotated_vs_plain     the loader on the same videos in shards that also carry per-frame
+                           boxes.json + masks.npz (as synthetic and DAVIS-style shards do), read
+                           for pretraining (no annotations asked for) / the loader on plain shards
+    annotated_read_vs_plain  the same, asking for boxes and masks as segmentation / tracking
+                           fine-tuning does (every masks.npz inflated and cropped)
     s3_stream_vs_local     the loader streaming the same shards from an S3-compatible server on
                            127.0.0.1 (moto's, its own process; no shard cache, so every read is
                            cold) / the loader on the local shards; the server's CPU is left out
@@ -38,6 +43,7 @@ clips/s are reported as *_wall.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import tempfile
@@ -50,6 +56,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, get_worker_info
 
+from data_prep.annotations import npz_bytes
 from data_prep.encode import encode_mp4
 from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
@@ -71,8 +78,21 @@ def textured_frames(size: tuple[int, int], seed: int) -> np.ndarray:
     return frames // 2 + rng.integers(0, 24, size=frames.shape, dtype=np.uint8)
 
 
-def write_dataset(folder: Path, videos: int, size: tuple[int, int], shards: int = 4) -> Path:
-    """Shards + manifest, and the same videos as mp4 files listed in videos.csv."""
+def annotation_members(size: tuple[int, int], seed: int) -> dict[str, bytes]:
+    """boxes.json + masks.npz members: a square of a quarter of the short side drifting across."""
+    (height, width), rng = size, np.random.default_rng(seed)
+    side = min(height, width) // 4
+    y, masks, boxes = int(rng.integers(0, height - side)), np.zeros((VIDEO_FRAMES, height, width), np.uint8), []
+    for t in range(VIDEO_FRAMES):
+        x = t * (width - side) // VIDEO_FRAMES
+        masks[t, y:y + side, x:x + side] = 1
+        boxes.append([x, y, x + side, y + side])
+    return {"boxes.json": json.dumps({"format": "xyxy", "boxes": boxes}).encode(), "masks.npz": npz_bytes(masks=masks)}
+
+
+def write_dataset(folder: Path, videos: int, size: tuple[int, int], shards: int = 4, annotate: bool = False) -> Path:
+    """Shards + manifest, and the same videos as mp4 files listed in videos.csv; `annotate` adds
+    per-frame boxes and masks to every sample."""
     folder.mkdir(parents=True, exist_ok=True)
     entries, rows = [], []
     per_shard = videos // shards
@@ -85,7 +105,8 @@ def write_dataset(folder: Path, videos: int, size: tuple[int, int], shards: int 
                 meta = SampleMeta(label=i % 10, label_name=str(i % 10), fps=25.0, num_frames=VIDEO_FRAMES,
                                   width=size[1], height=size[0], duration=VIDEO_FRAMES / 25.0, source=key,
                                   sha256="", split="train")
-                sink.write({"__key__": key, "mp4": data, "json": meta.to_json()})
+                extra = annotation_members(size, s * 1000 + i) if annotate else {}
+                sink.write({"__key__": key, "mp4": data, "json": meta.to_json(), **extra})
                 (folder / f"{key}.mp4").write_bytes(data)
                 rows.append((str(folder / f"{key}.mp4"), i % 10))
         entries.append(ShardEntry(path.name, "train", per_shard, path.stat().st_size, sha256_file(path)))
@@ -208,12 +229,12 @@ class VideoMAEStyle(Dataset):
 HAND_OVER = "cuda" if torch.cuda.is_available() else None
 
 
-def clip_loader(folder: Path, size: int, clips: int, repeat: int = 1, timeout: float = 30.0,
-                device: str | None = HAND_OVER):
+def clip_loader(folder: Path | str, size: int, clips: int, repeat: int = 1, timeout: float = 30.0,
+                device: str | None = HAND_OVER, annotations: tuple[str, ...] = ()):
     cfg = DataConfig(shards=str(folder), num_frames=FRAMES, frame_stride=STRIDE, crop_size=size,
                      batch_size=8 // repeat, repeated_samples=repeat, num_workers=WORKERS,
                      resampled=True, epoch_samples=clips // repeat, decode_timeout_s=timeout)
-    return build_loader(cfg, patch_size=(2, 16, 16), device=device)
+    return build_loader(cfg, patch_size=(2, 16, 16), device=device, annotations=annotations)
 
 
 def epoch_start_seconds(folder: Path, crop: int, persistent: bool) -> float:
@@ -278,6 +299,11 @@ def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp, local_s3() as server:
         folder = write_dataset(Path(tmp) / "main", videos, size)
         contenders, leave_out = contenders_for(folder, crop, clips, videos), ()
+        annotated = write_dataset(Path(tmp) / "annotated", videos, size, annotate=True)
+        keys = lambda b: len(b["key"])  # noqa: E731
+        contenders["loader, annotated shards"] = lambda: (clip_loader(annotated, crop, clips), keys)
+        contenders["loader, annotated, boxes+masks"] = lambda: (
+            clip_loader(annotated, crop, clips, annotations=("boxes", "masks")), keys)
         if server is not None:
             url = server.make_bucket("bench") + "/main"
             for pattern in ("*.tar", "manifest.json"):
@@ -299,7 +325,9 @@ def run(quick: bool) -> dict:
         out = {"loader_vs_bare_decode": r["loader"] / r["bare decode"], "repeat4_gain": r["loader k=4"] / r["loader"],
                "vs_videomae_style": r["loader, normalising on the CPU"] / r["VideoMAE-style"],
                "decode_isolation_cost": 1 - r["loader"] / r["loader, decoding in the worker"],
-               "cpu_normalize_vs_bare_decode": r["loader, normalising on the CPU"] / r["bare decode"]}
+               "cpu_normalize_vs_bare_decode": r["loader, normalising on the CPU"] / r["bare decode"],
+               "annotated_vs_plain": r["loader, annotated shards"] / r["loader"],
+               "annotated_read_vs_plain": r["loader, annotated, boxes+masks"] / r["loader"]}
         if small is not None:
             out["loader_vs_bare_decode_224px"] = best_small["loader"][i] / best_small["bare decode"][i]
         out["s3_stream_vs_local"] = r["loader from S3"] / r["loader"] if "loader from S3" in r else None
@@ -311,5 +339,5 @@ def run(quick: bool) -> dict:
                    epoch2_first_batch_s_new_workers=round(starts[False], 3),
                    epoch2_first_batch_s_persistent=round(starts[True], 3))
     goals = {"loader_vs_bare_decode": ">= 0.90", "repeat4_gain": ">= 2.5", "vs_videomae_style": ">= 1.0",
-             "s3_stream_vs_local": ">= 0.90"}
+             "s3_stream_vs_local": ">= 0.90", "annotated_vs_plain": ">= 0.90"}
     return {"metrics": metrics, "goals": goals}

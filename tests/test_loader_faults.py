@@ -41,7 +41,7 @@ def test_bad_samples_are_skipped_and_counted(tmp_path, caplog):
            sample_key("train", 1, 1): {"boxes.json": b'{"format": "xywh", "boxes": []}'},
            sample_key("train", 1, 2): {"pyd": pickle.dumps(_Planted(str(planted)))}}
     keys = write_shards(tmp_path / "d", [4, 4], overrides=bad)
-    loader = build_loader(config(tmp_path / "d"), patch_size=PATCH)
+    loader = build_loader(config(tmp_path / "d"), patch_size=PATCH, annotations=("boxes",))
     with caplog.at_level(logging.WARNING, logger="vssl.data"):
         batches = all_batches(loader)
     assert len(batches) == 2 and [len(b["key"]) for b in batches] == [2, 2]

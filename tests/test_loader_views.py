@@ -2,12 +2,13 @@
 
 from collections import Counter
 
+import pytest
 import torch
 
 import pipeline.data.decode_process as decode_process
-from pipeline.config import DataConfig, DataSource
+from pipeline.config import ConfigError, DataConfig, DataSource
 from pipeline.data.loader import build_loader
-from tests.loader_shards import write_shards
+from tests.loader_shards import sample_key, write_shards
 
 PATCH = (2, 16, 16)
 
@@ -53,7 +54,7 @@ def test_boxes_and_masks_follow_sampling_and_transforms(tmp_path):
     cfg = config(shards=str(tmp_path), crop_size=32, frame_stride=2, crop="random_resized",
                  crop_scale=(0.3, 1.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     checked = 0
-    for batch in build_loader(cfg, patch_size=PATCH):
+    for batch in build_loader(cfg, patch_size=PATCH, annotations=("boxes", "masks")):
         assert batch["boxes"].shape == (2, 8, 4) and batch["masks"].shape == (2, 8, 32, 32)
         bright = batch["video"][:, 0] > 0.5  # (B, T, H, W), unnormalised
         for clip in range(2):
@@ -66,6 +67,23 @@ def test_boxes_and_masks_follow_sampling_and_transforms(tmp_path):
                 assert torch.allclose(bounding_box(mask), box, atol=1.5), (clip, t, bounding_box(mask), box)
                 checked += 1
     assert checked > 20
+
+
+def test_annotations_are_read_only_when_asked_for(tmp_path):
+    """Pretraining (no annotations asked) never reads the members: a damaged masks.npz is not even
+    noticed; a task asking for one gets only that one, and its damage is caught."""
+    keys = write_shards(tmp_path, [4], annotate=True, overrides={sample_key("train", 0, 1): {"masks.npz": b"PK junk"}})
+    cfg = config(shards=str(tmp_path), shuffle=False)
+    loader = build_loader(cfg, patch_size=PATCH)
+    batches = list(loader)
+    assert [k for b in batches for k in b["key"]] == keys and loader.stats()["skipped"] == {}
+    assert not any("masks" in b or "boxes" in b for b in batches)
+    loader = build_loader(cfg, patch_size=PATCH, annotations=("masks",))
+    batches = list(loader)
+    assert loader.stats()["skipped"] == {"bad_annotation": 1}
+    assert all("masks" in b and "boxes" not in b for b in batches)
+    with pytest.raises(ConfigError, match=r"^annotations: 'labels' is not one of \('boxes', 'masks'\)$"):
+        build_loader(cfg, patch_size=PATCH, annotations=("labels",))
 
 
 def test_weighted_mix_of_two_datasets(tmp_path):

@@ -11,6 +11,10 @@ buffer); on resume the samples already emitted are passed over unread (tar_reade
 wanted members) and never decoded. In an elastic resume's remainder epoch (`remainder`, see
 remainder.py) the streams are that epoch's re-split and read the same way.
 
+Per-frame annotations (`boxes.json`, `masks.npz`) are read, decoded and carried through the
+crop only when the consumer asks for them (BatchSpec.annotations; build_loader's `annotations`):
+pretraining reads none, so annotated shards load as fast as plain ones.
+
 A sample that cannot be used is skipped and counted by reason (bad_json, missing_video,
 bad_annotation, decode_error, decode_timeout, decoder_crashed, truncated_shard, shard_short, ...),
 its key logged; the batch keeps its place in the schedule and is smaller by that sample, so every
@@ -56,6 +60,7 @@ from pipeline.data.transforms import ClipTransform, TransformSpec
 
 log = logging.getLogger("vssl.data")
 MASK_IGNORE = 255  # `masks` value for clips of samples without masks in a batch that has some
+ANNOTATION_EXTS = {"boxes": BOXES_EXT, "masks": MASKS_EXT}  # batch key -> the sample member it comes from
 
 
 class SkipSample(Exception):
@@ -79,6 +84,12 @@ class BatchSpec:
     mask_block_aspect: tuple[float, float]
     decoder_mask_type: str = "none"
     decoder_mask_ratio: float = 0.5
+    annotations: frozenset[str] = frozenset()  # of ANNOTATION_EXTS: the ones the consumer reads
+
+    @property
+    def members(self) -> frozenset[str]:
+        """The sample members worth extracting from a shard."""
+        return frozenset([VIDEO_EXT, META_EXT] + [ANNOTATION_EXTS[a] for a in self.annotations])
 
     @property
     def clips_per_sample(self) -> int:
@@ -88,8 +99,8 @@ class BatchSpec:
 class StreamReader:
     """Raw samples of one stream's batches, in emission order, from batch `first_batch` on."""
 
-    def __init__(self, plan: StreamPlan, first_batch: int):
-        self.plan, self.next_batch = plan, first_batch
+    def __init__(self, plan: StreamPlan, first_batch: int, members: frozenset[str]):
+        self.plan, self.next_batch, self.members = plan, first_batch, members
         self._due = np.zeros(plan.input_length, dtype=bool)  # positions this reader will emit
         self._due[plan.order[first_batch * plan.batch_size:]] = True
         self._pending: dict[int, RawSample] = {}
@@ -98,7 +109,7 @@ class StreamReader:
     def _read(self):
         pos = 0
         for segment in self.plan.segments:
-            yield from read_segment(segment, pos, lambda p: self._due[p])
+            yield from read_segment(segment, pos, lambda p: self._due[p], self.members)
             pos += segment.stop - segment.start
 
     def take_batch(self, index: int) -> list[RawSample]:
@@ -221,7 +232,7 @@ class ClipDataset(IterableDataset):
                     return  # the loader has left this iteration: its batches would be dropped
                 v = j % streams
                 if v not in readers:
-                    readers[v] = StreamReader(plan.stream(v), len(range(v, start, streams)))
+                    readers[v] = StreamReader(plan.stream(v), len(range(v, start, streams)), spec.members)
                 raws = readers[v].take_batch(j // streams)
                 yield self._batch(raws, readers[v].plan, plan.mask_seed(j), decoder, transform, masker,
                                   ring, worker)

@@ -14,8 +14,9 @@ Batch: `video` float (B*k, C, T, H, W) normalised (uint8 when device is None), `
 (B*k,) (True for the repeats that fill an evaluation epoch's last batches; drop them from
 metrics), plus
 `decoder_mask` (running cell), `boxes` (B*k, T, 4) XYXY with NaN where the object is absent, and
-`masks` (B*k, T, H, W) uint8 when samples carry annotations. k is data.repeated_samples when
-training, eval_clips * eval_crops when evaluating; a sample's clips are consecutive.
+`masks` (B*k, T, H, W) uint8 when samples carry annotations and build_loader's `annotations` asks
+for them (no other member is read). k is data.repeated_samples when training, eval_clips *
+eval_crops when evaluating; a sample's clips are consecutive.
 
 Where `video` becomes float: workers hand clips over as uint8 in shared memory, and the loader's
 `device` (build_loader(..., device=...), or set the attribute before iterating) decides:
@@ -76,6 +77,7 @@ import shutil
 import tarfile
 import time
 from collections import Counter
+from typing import Collection
 
 import torch
 from torch.utils.data import DataLoader
@@ -83,7 +85,7 @@ from torch.utils.data import DataLoader
 from pipeline import storage
 from pipeline.config import ConfigError, DataConfig
 from pipeline.data.batch_ring import new_release_counters
-from pipeline.data.dataset import BatchSpec, ClipDataset
+from pipeline.data.dataset import ANNOTATION_EXTS, BatchSpec, ClipDataset
 from pipeline.data.decode import check_decoder
 from pipeline.data.masking import make_masker
 from pipeline.data.plan import PlanSpec
@@ -318,11 +320,17 @@ def _check_clip_fits(shard: ShardRef, sampling: ClipSampling) -> None:
 
 def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size: tuple[int, int, int] = (2, 16, 16),
                  split: str | None = "train", train: bool | None = None,
-                 device: torch.device | str | None = "cpu") -> ClipLoader:
+                 device: torch.device | str | None = "cpu",
+                 annotations: Collection[str] = ()) -> ClipLoader:
     """The loader for this rank. train (default: split == "train") picks random clips, crops,
     flips and shuffling; otherwise fixed order, multi-view clips, every sample (padded to equal
-    batches by wrapping around). device: where batches are handed over (see the module doc)."""
+    batches by wrapping around). device: where batches are handed over (see the module doc).
+    annotations: the per-frame annotations the consumer reads ("boxes", "masks"); no others are
+    read from the shards (pipeline/tasks/finetune.py TASK_ANNOTATIONS says which task needs which)."""
     cfg.validate()
+    unknown = sorted(set(annotations) - set(ANNOTATION_EXTS))
+    if unknown:
+        raise ConfigError(f"annotations: {unknown[0]!r} is not one of {tuple(ANNOTATION_EXTS)}")
     train = split == "train" if train is None else train
     try:
         check_decoder(cfg.decoder)
@@ -351,7 +359,7 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
     grid = (cfg.num_frames // pt, cfg.crop_size // ph, cfg.crop_size // pw)
     batch_spec = BatchSpec(sampling, transform, cfg.decoder, cfg.decode_timeout_s, cfg.mean, cfg.std, grid,
                            cfg.mask_type, cfg.mask_ratio, cfg.mask_block_scale, cfg.mask_block_aspect,
-                           cfg.decoder_mask_type, cfg.decoder_mask_ratio)
+                           cfg.decoder_mask_type, cfg.decoder_mask_ratio, frozenset(annotations))
     for key, mask_type, ratio in (("data.mask_type", cfg.mask_type, cfg.mask_ratio),
                                   ("data.decoder_mask_type", cfg.decoder_mask_type, cfg.decoder_mask_ratio)):
         try:  # fail now, not in a worker, on a mask the grid cannot take

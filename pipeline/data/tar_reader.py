@@ -9,8 +9,9 @@ A sample is the group of consecutive members sharing a key (webdataset's `base_p
 shard cache, the object's size checked against the manifest), paths and `pipe:` commands with
 webdataset's `gopen`. A shard is walked as a tar stream here rather than with webdataset's
 tar_file_iterator, which reads every member: a member is extracted only if its sample is wanted
-(resume skips emitted samples unread) and its extension is one of the shard format's (so
-`.pyd`/`.pickle` members are never read, let alone unpickled). A store that stays unreachable raises
+(resume skips emitted samples unread) and its extension is one of the shard format's that the
+reader asks for (so `.pyd`/`.pickle` members are never read, let alone unpickled, and annotations
+nobody uses stay in the tar). A store that stays unreachable raises
 storage.StorageError (the loader stops with it); samples the segment needs but the shard cannot give
 come back with `error` set:
 
@@ -25,7 +26,7 @@ import logging
 import os
 import tarfile
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 from webdataset.gopen import gopen, set_options
 from webdataset.tariterators import base_plus_ext
@@ -47,7 +48,7 @@ class RawSample:
 
 
 def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool],
-          whole: bool) -> Iterator[RawSample]:
+          whole: bool, exts: Collection[str]) -> Iterator[RawSample]:
     """Yield the wanted samples of the segment in order; when the tar is not `whole` (cut off),
     the sample being read at its end is yielded as truncated_shard."""
     tar = tarfile.open(fileobj=stream, mode="r|")
@@ -66,7 +67,7 @@ def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool
             take = index >= segment.start and wanted(pos)
             current = RawSample(pos, key, segment.shard.name, error=None if take else "unwanted")
         ext = ext.lower()
-        if current.error is None and ext in KNOWN_EXTS:
+        if current.error is None and ext in exts:
             current.members[ext] = tar.extractfile(info).read()
     if current is not None and current.error is None:
         if not whole:
@@ -87,8 +88,10 @@ def _has_end_marker(url: str) -> bool:
         return f.read(1024) == bytes(1024)
 
 
-def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool]) -> Iterator[RawSample]:
-    """Samples of `segment` at input positions first_pos.., wanted ones only, failures included."""
+def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool],
+                 exts: Collection[str] = KNOWN_EXTS) -> Iterator[RawSample]:
+    """Samples of `segment` at input positions first_pos.., wanted ones only, failures included;
+    only members with an extension in `exts` (a subset of the shard format's) are extracted."""
     name = segment.shard.name
     done: set[int] = set()
     error = None
@@ -102,7 +105,7 @@ def read_segment(segment: Segment, first_pos: int, wanted: Callable[[int], bool]
     else:
         whole = _has_end_marker(url)
         try:
-            for raw in _walk(stream, segment, first_pos, wanted, whole):
+            for raw in _walk(stream, segment, first_pos, wanted, whole, set(exts) & set(KNOWN_EXTS)):
                 done.add(raw.pos)
                 yield raw
             # everything needed was read: a pipe producer cut off by an early close may exit non-zero

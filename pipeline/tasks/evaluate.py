@@ -42,7 +42,7 @@ from pipeline.models.base import VideoBackbone
 from pipeline.models.build import build_encoder, load_encoder, run_kind, step_folder
 from pipeline.models.checkpoint import CheckpointError, build_model, load_checked, read_safetensors
 from pipeline.tasks import davis, metrics, overlays
-from pipeline.tasks.finetune import IGNORE_INDEX, build_task_model
+from pipeline.tasks.finetune import IGNORE_INDEX, TASK_ANNOTATIONS, build_task_model
 from pipeline.tasks.heads import TaskModel
 from pipeline.tasks.label_subset import source_classes
 from pipeline.tasks.propagation import (PropagationConfig, PropagationResult, evaluate_sequence, segment_sequence,
@@ -85,13 +85,15 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fresh_batches(data: DataConfig, patch_size: tuple[int, int, int], split: str):
+def fresh_batches(data: DataConfig, patch_size: tuple[int, int, int], split: str,
+                  annotations: tuple[str, ...] = ()):
     """Evaluation batches of `split` with every video's views counted once: (batch, rows to keep);
-    the video normalised on the evaluation device, everything else on the CPU."""
+    the video normalised on the evaluation device, everything else on the CPU; `annotations` as
+    build_loader takes them."""
     from pipeline.data.loader import build_loader
 
     device = _device()
-    loader = build_loader(data, patch_size=patch_size, split=split, train=False,
+    loader = build_loader(data, patch_size=patch_size, split=split, train=False, annotations=annotations,
                           device=None)  # uint8, normalised below straight from the workers' buffers
     seen: set[str] = set()
     for batch in loader:
@@ -141,7 +143,8 @@ def evaluate_segmentation(model: TaskModel, cfg: FinetuneConfig, out: Path) -> d
     device, num_classes = _device(), cfg.task.num_classes
     conf = torch.zeros(num_classes, num_classes, dtype=torch.long)
     pictures, clips = [], 0
-    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split):
+    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split,
+                                     TASK_ANNOTATIONS[cfg.task.kind]):
         if "masks" not in batch:
             raise ConfigError(f"data.shards: segmentation needs samples with masks ({batch['key'][0]} has none)")
         video, truth = batch["video"][keep], batch["masks"][keep].long()
@@ -163,7 +166,8 @@ def evaluate_segmentation(model: TaskModel, cfg: FinetuneConfig, out: Path) -> d
 def evaluate_tracking(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
     device, task = _device(), cfg.task
     predicted_all, truth_all, pictures, clips = [], [], [], 0
-    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split):
+    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split,
+                                     TASK_ANNOTATIONS[cfg.task.kind]):
         if "boxes" not in batch:
             raise ConfigError(f"data.shards: tracking needs samples with boxes ({batch['key'][0]} has none)")
         for i in keep.tolist():

@@ -47,6 +47,8 @@ from pipeline.tasks.tracking import TrackingHead, decode_boxes, tracking_loss
 
 IGNORE_INDEX = 255  # `masks` value of pixels without a label (pipeline/data/dataset.py)
 SEGMENTATION_CLASSES = 2  # background + object, when task.num_classes is 0
+# the per-frame annotations each task's training and evaluation read; the loader decodes no others
+TASK_ANNOTATIONS = {"classification": (), "segmentation": ("masks",), "tracking": ("boxes",), "propagation": ()}
 
 
 def build_head(cfg: FinetuneConfig, dim: int) -> nn.Module:
@@ -199,8 +201,8 @@ def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, VideoBackbone]:
 def build_train_loader(cfg: FinetuneConfig, rank: int, world_size: int, objective: nn.Module):
     from pipeline.data.loader import build_loader
 
-    return build_loader(cfg.data, rank=rank, world_size=world_size,
-                        patch_size=objective.model.encoder.patch_size, split="train")
+    return build_loader(cfg.data, rank=rank, world_size=world_size, patch_size=objective.model.encoder.patch_size,
+                        split="train", annotations=TASK_ANNOTATIONS[cfg.task.kind])
 
 
 def finetune(cfg: FinetuneConfig):

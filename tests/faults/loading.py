@@ -53,7 +53,7 @@ def damaged_shards(folder: Path, planted: Path) -> tuple[dict[str, str], set[str
 def _loader_epoch(shards: Path, bad: dict[str, str], good: set[str], report: Report) -> None:
     cfg = DataConfig(shards=str(shards), num_frames=8, frame_stride=1, crop_size=32, batch_size=2, num_workers=0,
                      decode_timeout_s=0.0, mask_ratio=0.5, shuffle=False)
-    loader = build_loader(cfg, patch_size=(2, 16, 16))
+    loader = build_loader(cfg, patch_size=(2, 16, 16), annotations=("boxes",))  # as tracking reads them
     keys = [k for batch in loader for k in batch["key"]]
     skipped = loader.stats()["skipped"]
     # a cut inside a member's data reads as truncated_shard, one inside a header as the end of the tar
