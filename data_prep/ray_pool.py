@@ -84,12 +84,12 @@ def _apply(task: tuple[Callable, tuple, Any]) -> Any:
 def _run(fn: Callable, args: tuple, task: Any, timeout_s: float, preload: tuple[str, ...]) -> Any:
     """A Ray task: fn(task, *args) in this Ray worker's one-worker KillablePool (made once per worker
     and setting, so later tasks, and later runs of the same driver, find it started)."""
-    key = (timeout_s, preload)
+    key = (timeout_s, (fn.__module__, *preload))
     if key not in _POOL:
         for old in _POOL.values():
             old.close()
         _POOL.clear()
-        _POOL[key] = KillablePool(_apply, 1, timeout_s, preload=(fn.__module__, *preload))
+        _POOL[key] = KillablePool(_apply, 1, timeout_s, preload=key[1])
     return next(_POOL[key].map([(fn, args, task)]))[1]
 
 
@@ -140,6 +140,8 @@ class RayPool:
             seq, _ = running.pop(done[0])
             try:
                 results[seq] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:  # _run itself failed (the pool catches fn's errors)
+                raise RayPoolError(f"a Ray worker cannot run the work ({_first_line(e.cause)})") from None
             except ray.exceptions.RayError as e:  # the Ray worker or its node died, not the input
                 raise RayPoolError(f"Ray lost the worker of one input {_RETRIES + 1} times ({_first_line(e)}); "
                                    f"re-run the same command to resume") from None
@@ -159,4 +161,4 @@ class RayPool:
 
 
 def _first_line(error: BaseException) -> str:
-    return " ".join(str(error).split("\n", 1)[0].split())[:200]
+    return f"{error.__class__.__name__}: {' '.join(str(error).split(chr(10), 1)[0].split())[:200]}"

@@ -13,6 +13,7 @@ import numpy as np
 from data_prep.shard_run import Summary, shard_dataset
 from data_prep.listing import list_inputs
 from pipeline.config import ShardConfig
+from pipeline.data.shard_format import read_manifest
 from tests.videos import moving_frames, write_video
 
 
@@ -106,3 +107,51 @@ def faststart_mp4(path: Path, frames: int = 40) -> bytes:
         for packet in stream.encode():
             out.mux(packet)
     return path.read_bytes()
+
+
+def kinetics_inputs(d: Path) -> Path:
+    """d/k.csv + d/videos: 12 rows over two interleaved splits (val: rows 2, 5, 8, 11), one missing
+    video (row 5) and one broken (row 7, junk bytes); `kinetics_args` cuts each into 3 segments."""
+    rows = ["label,youtube_id,time_start,time_end,split"]
+    for n in range(12):
+        split, label = ("val" if n % 3 == 2 else "train"), f"class{n % 2}"
+        path = d / "videos" / split / label / f"y{n:02d}_000000_000001.mp4"
+        if n == 7:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("junk")
+        elif n != 5:
+            video(path, seed=n)
+        rows.append(f"{label},y{n:02d},0,1,{split}")
+    (d / "k.csv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+def broken_in_quarantine(out: Path) -> bool:
+    """quarantine.jsonl of a kinetics_inputs dataset holds exactly its missing and its broken video."""
+    expected = {"y05_000000_000001": "no video for", "y07_000000_000001": "not a readable video"}
+    entries = quarantine(out)
+    return sorted(e["key"] for e in entries) == sorted(expected) and all(
+        e["reason"].startswith(expected[e["key"]]) for e in entries)
+
+
+def kinetics_args(d: Path, out: Path | str, workers: int, *extra: str) -> list[str]:
+    """`vssl shard` arguments for kinetics_inputs(d): 2 inputs (6 samples) per shard, 6 shards."""
+    return ["shard", str(d / "k.csv"), "--root", str(d / "videos"), "--out", str(out), "--segment-s", "0.2",
+            "--inputs-per-shard", "2", "--workers", str(workers), "--no-progress", *extra]
+
+
+def same_dataset(a: Path, b: Path) -> None:
+    """Two local datasets hold the same shards (bytes), quarantine.jsonl and manifest contents."""
+    assert shard_bytes(a) == shard_bytes(b)
+    assert (a / "quarantine.jsonl").read_text() == (b / "quarantine.jsonl").read_text()
+    ma, mb = read_manifest(a), read_manifest(b)
+    assert (ma.shards, ma.totals, ma.classes, ma.quarantined) == (mb.shards, mb.totals, mb.classes, mb.quarantined)
+
+
+def same_on_store(local: Path, server, url: str) -> None:
+    """The dataset at `url` (on tests/s3_testlib.py's server) is byte for byte the local one."""
+    objects = server.objects(url)
+    assert {n: b for n, b in objects.items() if n.endswith(".tar")} == shard_bytes(local)
+    assert objects["quarantine.jsonl"] == (local / "quarantine.jsonl").read_bytes()
+    ma, mb = read_manifest(local), read_manifest(url)
+    assert (ma.shards, ma.totals, ma.classes, ma.quarantined) == (mb.shards, mb.totals, mb.classes, mb.quarantined)

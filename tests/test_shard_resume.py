@@ -17,7 +17,7 @@ from data_prep.shard_run import KILL_ENV
 from data_prep.writer import journal_name
 from pipeline.cli import main
 from pipeline.data.shard_format import read_manifest
-from tests.shard_testlib import shard_bytes, video
+from tests.shard_testlib import kinetics_args, kinetics_inputs, same_dataset, shard_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 JOURNAL_NAME = journal_name("")
@@ -25,44 +25,19 @@ JOURNAL_NAME = journal_name("")
 
 @pytest.fixture(scope="module")
 def kinetics(tmp_path_factory):
-    """12 rows over two interleaved splits, 3 segments per video, one missing and one broken video."""
-    d = tmp_path_factory.mktemp("kinetics")
-    rows = ["label,youtube_id,time_start,time_end,split"]
-    for n in range(12):
-        split, label = ("val" if n % 3 == 2 else "train"), f"class{n % 2}"
-        path = d / "videos" / split / label / f"y{n:02d}_000000_000001.mp4"
-        if n == 7:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("junk")
-        elif n != 5:
-            video(path, seed=n)
-        rows.append(f"{label},y{n:02d},0,1,{split}")
-    (d / "k.csv").write_text("\n".join(rows) + "\n")
-    return d
-
-
-def _args(d: Path, out: Path, workers: int) -> list[str]:
-    return ["shard", str(d / "k.csv"), "--root", str(d / "videos"), "--out", str(out), "--segment-s", "0.2",
-            "--inputs-per-shard", "2", "--workers", str(workers), "--no-progress"]
-
-
-def _same_dataset(a: Path, b: Path) -> None:
-    assert shard_bytes(a) == shard_bytes(b)
-    assert (a / "quarantine.jsonl").read_text() == (b / "quarantine.jsonl").read_text()
-    ma, mb = read_manifest(a), read_manifest(b)
-    assert (ma.shards, ma.totals, ma.classes, ma.quarantined) == (mb.shards, mb.totals, mb.classes, mb.quarantined)
+    return kinetics_inputs(tmp_path_factory.mktemp("kinetics"))
 
 
 @pytest.fixture(scope="module")
 def reference(kinetics, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "out"
-    assert main(_args(kinetics, out, workers=1)) == 0
+    assert main(kinetics_args(kinetics, out, workers=1)) == 0
     return out
 
 
 def test_one_and_two_workers_write_identical_shards(kinetics, reference, tmp_path):
-    assert main(_args(kinetics, tmp_path / "out", workers=2)) == 0
-    _same_dataset(reference, tmp_path / "out")
+    assert main(kinetics_args(kinetics, tmp_path / "out", workers=2)) == 0
+    same_dataset(reference, tmp_path / "out")
     manifest = read_manifest(reference)
     assert manifest.totals["samples"] == 30 and manifest.quarantined == 2  # 10 videos x 3 segments
     # train: 8 inputs in 4 shards; val: inputs 2, 5 (missing), 8, 11 in 2 shards
@@ -74,7 +49,7 @@ def test_one_and_two_workers_write_identical_shards(kinetics, reference, tmp_pat
 def test_sigkilled_run_resumes_to_the_same_bytes(kinetics, reference, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, KILL_ENV: "3", "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run([sys.executable, "-m", "pipeline.cli", *_args(kinetics, out, workers=2)],
+    killed = subprocess.run([sys.executable, "-m", "pipeline.cli", *kinetics_args(kinetics, out, workers=2)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stderr
     assert len(list(out.glob("*.tar"))) == 3 and not (out / "manifest.json").exists()
@@ -86,8 +61,8 @@ def test_sigkilled_run_resumes_to_the_same_bytes(kinetics, reference, tmp_path):
     for name in (JOURNAL_NAME, "quarantine.jsonl"):  # lines torn by a crash mid-write
         with open(out / name, "a") as f:
             f.write('{"event": "do')
-    assert main(_args(kinetics, out, workers=2)) == 0
-    _same_dataset(reference, out)
+    assert main(kinetics_args(kinetics, out, workers=2)) == 0
+    same_dataset(reference, out)
     assert not list(out.glob("*.tmp"))
 
 
@@ -95,7 +70,7 @@ def test_sigkilled_run_resumes_to_the_same_bytes(kinetics, reference, tmp_path):
 def test_ctrl_c_during_a_hang_stops_promptly_and_resumes(kinetics, reference, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, FAULT_ENV: "hang=y09", "PYTHONPATH": str(ROOT)}
-    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *_args(kinetics, out, workers=2)],
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *kinetics_args(kinetics, out, workers=2)],
                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            # Ctrl-C-able even where this test inherited SIGINT ignored (a shell's
                            # background job)
@@ -110,18 +85,18 @@ def test_ctrl_c_during_a_hang_stops_promptly_and_resumes(kinetics, reference, tm
     _, err = run.communicate(timeout=30)
     assert run.returncode == 130 and "interrupted" in err, err
     assert not list(out.glob("*.tmp")) and not (out / "manifest.json").exists()
-    assert main(_args(kinetics, out, workers=1)) == 0
-    _same_dataset(reference, out)
+    assert main(kinetics_args(kinetics, out, workers=1)) == 0
+    same_dataset(reference, out)
 
 
 def test_rerun_of_finished_run_changes_nothing_and_other_commands_are_refused(kinetics, reference, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(_args(kinetics, out, workers=1)) == 0
+    assert main(kinetics_args(kinetics, out, workers=1)) == 0
     before = shard_bytes(out)
-    assert main(_args(kinetics, out, workers=2)) == 0
+    assert main(kinetics_args(kinetics, out, workers=2)) == 0
     assert shard_bytes(out) == before
     assert "12 already done by an earlier run" in capsys.readouterr().out
-    assert main(_args(kinetics, out, workers=1) + ["--gop", "4"]) == 2
+    assert main(kinetics_args(kinetics, out, workers=1) + ["--gop", "4"]) == 2
     assert "holds a run of a different command" in capsys.readouterr().err
-    assert main(_args(kinetics, out, workers=1) + ["--gop", "4", "--overwrite"]) == 0
+    assert main(kinetics_args(kinetics, out, workers=1) + ["--gop", "4", "--overwrite"]) == 0
     assert shard_bytes(out) != before

@@ -19,7 +19,7 @@ from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.data.shard_format import read_manifest
 from pipeline.data.shards import list_shards
-from tests.shard_testlib import metas, quarantine, run_shard, shard_bytes, video
+from tests.shard_testlib import metas, quarantine, run_shard, same_on_store, shard_bytes, video
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = ["--inputs-per-shard", "3", "--no-progress"]
@@ -42,19 +42,10 @@ def reference(raw, tmp_path_factory) -> Path:
     return out
 
 
-def assert_same(local: Path, server, url: str) -> None:
-    """The dataset at `url` is byte for byte the one in the local folder (shards, quarantine, manifest)."""
-    objects = server.objects(url)
-    assert {n: b for n, b in objects.items() if n.endswith(".tar")} == shard_bytes(local)
-    assert objects["quarantine.jsonl"] == (local / "quarantine.jsonl").read_bytes()
-    ma, mb = read_manifest(local), read_manifest(url)
-    assert (ma.shards, ma.totals, ma.classes, ma.quarantined) == (mb.shards, mb.totals, mb.classes, mb.quarantined)
-
-
 def test_local_videos_to_s3_are_the_local_bytes(s3_server, raw, reference):
     url = s3_server.make_bucket("local-in") + "/shards/"
     assert main(["shard", str(raw), "--out", url, "--workers", "2", *SHARD]) == 0
-    assert_same(reference, s3_server, url)
+    same_on_store(reference, s3_server, url)
     assert read_manifest(url).totals["samples"] == 8 and read_manifest(url).quarantined == 1
 
 
@@ -66,7 +57,7 @@ def test_s3_in_s3_out_equals_s3_in_local_out(s3_server, raw, tmp_path, monkeypat
     flag = ["--storage-endpoint", s3_server.endpoint]
     assert main(["shard", f"{bucket}/raw/", "--out", f"{bucket}/shards", "--workers", "2", *flag, *SHARD]) == 0
     assert main(["shard", f"{bucket}/raw/", "--out", str(tmp_path / "out"), "--workers", "1", *flag, *SHARD]) == 0
-    assert_same(tmp_path / "out", s3_server, f"{bucket}/shards")
+    same_on_store(tmp_path / "out", s3_server, f"{bucket}/shards")
     sources = {m["source"] for m in metas(tmp_path / "out").values()}
     assert sources == {f"{bucket}/raw/c{n % 2}/v{n}.mp4" for n in range(8)}
     assert [e["source"] for e in quarantine(tmp_path / "out")] == [f"{bucket}/raw/c1/junk.mp4"]
@@ -82,7 +73,7 @@ def test_listing_that_names_a_missing_object_quarantines_it(s3_server, raw, tmp_
     s3_server.upload_tree(tmp_path, f"{bucket}/lists")
     run_shard(f"{bucket}/lists/paths.csv", f"{bucket}/shards", root=f"{bucket}/raw")
     run_shard(f"{bucket}/lists/paths.csv", tmp_path / "out", root=f"{bucket}/raw")
-    assert_same(tmp_path / "out", s3_server, f"{bucket}/shards")
+    same_on_store(tmp_path / "out", s3_server, f"{bucket}/shards")
     assert [(e["source"], e["reason"]) for e in quarantine(tmp_path / "out")] == [("paths.csv:2", "video not found")]
     assert sorted(m["extra"]["original_path"] for m in metas(tmp_path / "out").values()) == sorted(
         [f"{bucket}/raw/c0/v0.mp4", f"{bucket}/raw/c1/v1.mp4", http])
@@ -105,7 +96,7 @@ def test_killed_run_leaves_nothing_a_reader_takes_and_resumes(s3_server, raw, re
     with pytest.raises(ConfigError, match="no sample count"):
         list_shards(url + "/train-{000000..000001}.tar")
     assert main(args) == 0
-    assert_same(reference, s3_server, url)
+    same_on_store(reference, s3_server, url)
     journal = [n for n in s3_server.objects(url) if n.startswith("shard-journal/")]
     assert journal and all(n.startswith("shard-journal/g0001-") for n in journal)  # the killed run's generation gone
 
@@ -139,7 +130,7 @@ def test_store_down_mid_run_stops_in_one_line_then_resumes(s3_server, raw, refer
     assert "manifest.json" not in s3_server.objects(url)
     summary = run_shard(raw, url, inputs_per_shard=3, workers=2)
     assert summary.skipped == 3  # the first shard's videos, recorded before the store went away
-    assert_same(reference, s3_server, url)
+    same_on_store(reference, s3_server, url)
 
 
 def test_store_back_within_the_retry_budget_completes(s3_server, raw, reference, monkeypatch):
@@ -148,7 +139,7 @@ def test_store_back_within_the_retry_budget_completes(s3_server, raw, reference,
     url = s3_server.make_bucket("flaky") + "/shards"
     _stop_server_at_upload(monkeypatch, s3_server, 2, restart_after_s=0.5)
     run_shard(raw, url, inputs_per_shard=3, workers=2)
-    assert_same(reference, s3_server, url)
+    same_on_store(reference, s3_server, url)
 
 
 def test_missing_bucket_and_wrong_credentials_fail_fast_in_one_line(s3_server, raw, capsys):
