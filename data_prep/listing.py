@@ -131,10 +131,13 @@ def detect_format(spec: str) -> str:
 
 
 def list_inputs(spec: str, fmt: str = "auto", root: str | None = None, split: str = "train",
-                classes_file: str | None = None, labels: str = "auto") -> Listing:
-    """List the items of one input (see the module docstring)."""
+                classes_file: str | None = None, labels: str = "auto", label_key: str | None = None) -> Listing:
+    """List the items of one input (see the module docstring). label_key: the json field holding a
+    shards input's labels (data_prep/sources_shards.py)."""
     if fmt not in FORMATS:
         raise ListingError(f"--format: must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if label_key is not None and not label_key.strip():
+        raise ListingError("--label-key: empty")
     if not _SPLIT_OK.match(split):
         raise ListingError(f"--split: {split!r} is not a plain name (letters, digits, _)")
     exists = storage.exists(spec) or storage.isdir(spec) if storage.is_url(spec) else Path(spec).exists()
@@ -142,6 +145,8 @@ def list_inputs(spec: str, fmt: str = "auto", root: str | None = None, split: st
         raise ListingError(f"{spec}: input not found")
     if fmt == "auto":
         fmt = detect_format(spec)
+    if label_key is not None and fmt != "shards":
+        raise ListingError(f"--label-key: reads the json of a shards input, not a {fmt} input")
     if fmt in ("kinetics", "ssv2") and not root:
         raise ListingError(f"{spec}: the {fmt} format needs --root (the folder holding the videos)")
     hint = None
@@ -154,6 +159,6 @@ def list_inputs(spec: str, fmt: str = "auto", root: str | None = None, split: st
     elif fmt == "ssv2":
         items = list_ssv2(spec, root, split)
     else:
-        items, hint = list_shards(spec, split)
+        items, hint = list_shards(spec, split, label_key)
     classes = load_classes(classes_file) if classes_file else hint
     return finalize(items, classes, fmt)

@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", help="class names in label order: .txt, or .json {name: index}")
     parser.add_argument("--labels", default="auto", choices=("auto", "dirs", "none"),
                         help="folder input: labels from sub-folders (dirs), none, or guess")
+    parser.add_argument("--label-key", help="shards input: the json field holding the label, e.g. a column "
+                                            "video2dataset saved (default: label, where a sample has it)")
     parser.add_argument("--transcode", action="store_true", default=None, help="re-encode to H.264")
     defaults = ShardConfig()
     for name, (flag, help_text) in _CONFIG_FLAGS.items():
@@ -93,10 +95,10 @@ def _config(args: argparse.Namespace) -> ShardConfig:
 def _command(args: argparse.Namespace, cfg: ShardConfig) -> list[str]:
     """The command as a canonical argv (input options and the settings that differ from defaults)."""
     command = ["vssl", "shard", args.input, "--out", args.out]
-    for opt in ("format", "root", "split", "classes", "labels"):
+    for opt in ("format", "root", "split", "classes", "labels", "label_key"):
         value = getattr(args, opt)
         if value is not None and value != {"format": "auto", "split": "train", "labels": "auto"}.get(opt):
-            command += [f"--{opt}", str(value)]
+            command += [f"--{opt.replace('_', '-')}", str(value)]
     if cfg.transcode:
         command.append("--transcode")
     defaults = ShardConfig()
@@ -126,12 +128,13 @@ def _node(args: argparse.Namespace) -> Node:
 def run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     inputs = {"input": args.input, "format": args.format, "root": args.root, "split": args.split,
-              "classes": args.classes, "labels": args.labels}
+              "classes": args.classes, "labels": args.labels,
+              **({"label_key": args.label_key} if args.label_key is not None else {})}
     storage.set_endpoint(args.storage_endpoint)
     try:
         node = _node(args)
         listing = list_inputs(args.input, fmt=args.format, root=args.root, split=args.split,
-                              classes_file=args.classes, labels=args.labels)
+                              classes_file=args.classes, labels=args.labels, label_key=args.label_key)
         if args.merge:
             summary = merge_nodes(listing, args.out, cfg, node.count, command=_command(args, cfg), inputs=inputs)
         else:
