@@ -18,9 +18,11 @@ Tasks get the driver's VSSL_*, AWS_* and FSSPEC_* variables (store endpoint, cre
 settings), so every worker reaches the stores the driver does. Inputs must be readable from every
 node of the cluster (URLs or a shared file system) and vssl installed on each.
 
-ray_session connects to `address` (`--ray-address`: "auto", "HOST:6379", "ray://HOST:10001"), or
-with no address starts a local cluster (this machine's CPUs, at least `cpus`; no dashboard) and
-stops it at the end. A driver already connected (ray.init called by the caller) is used as it is.
+ray_session connects to `address` (`--ray-address`: "auto", "HOST:6379", "ray://HOST:10001") and
+waits (up to START_TIMEOUT_S) until the cluster offers `cpus` CPUs, as nodes started beside the
+driver join (recipes/slurm/shard_ray.sbatch); or with no address it starts a local cluster (this
+machine's CPUs, at least `cpus`; no dashboard) and stops it at the end. A driver already connected
+(ray.init called by the caller) is used as it is.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ def ray_session(address: str, cpus: int) -> Iterator[None]:
         raise RayPoolError(f"--ray-address {address or '(local)'}: cannot start or reach a Ray cluster "
                            f"({' '.join(str(e).split())[:200]})") from None
     try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while address and ray.cluster_resources().get("CPU", 0) < cpus and time.monotonic() < deadline:
+            time.sleep(1.0)  # nodes still joining; RayPool refuses if too few CPUs come
         yield
     finally:
         ray.shutdown()
