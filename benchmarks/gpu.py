@@ -72,7 +72,7 @@ from pipeline.config import PretrainConfig, load_config
 from pipeline.data.loader import shm_free_bytes
 from pipeline.train import checkpoint as ck
 from pipeline.train.monitor import package_versions, peak_flops, train_flops_per_clip
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import STOP_FILE_ENV, train
 
 ROOT = Path(__file__).resolve().parent.parent

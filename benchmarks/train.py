@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import synthetic_shards
 from pipeline.config import PretrainConfig, load_config
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "pretrain" / "quickstart.yaml"

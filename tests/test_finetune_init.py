@@ -15,7 +15,7 @@ from pipeline.config import PretrainConfig, load_config
 from pipeline.models.build import load_encoder
 from pipeline.models.checkpoint import CheckpointError, save_backbone
 from pipeline.train import checkpoint as ck
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 from tests import train_testlib
 from tests.finetune_testlib import one_thread, tiny_dataset, tiny_recipe, write_recipe  # noqa: F401 (fixture)

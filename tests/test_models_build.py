@@ -16,7 +16,7 @@ from pipeline.models import create_model
 from pipeline.models.build import build_encoder, load_encoder
 from pipeline.models.checkpoint import save_backbone
 from pipeline.tasks.heads import LinearHead, TaskModel
-from pipeline.train.pretrain_cli import build_objective, recorded_config
+from pipeline.train.build import build_objective, recorded_config
 from tests import train_testlib
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 

@@ -25,7 +25,7 @@ from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.convert import import_checkpoint
 from pipeline.models.export_cli import export_hf
 from pipeline.objectives.common import sincos_pos_embed
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 from tests.train_testlib import ROOT, env, tiny_recipe, tiny_shards

@@ -23,7 +23,7 @@ from pipeline.objectives.predictive import NextFramePredictive
 from pipeline.objectives.videomae import VideoMAE
 from pipeline.tasks.finetune import build_task_model, make_objective
 from pipeline.train import checkpoint as ck
-from pipeline.train.pretrain_cli import build_objective
+from pipeline.train.build import build_objective
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 
 FRAMES = 8

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import PretrainConfig, load_config
 from pipeline.probe.health import COLLAPSE_PATIENCE, feature_health, rankme
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 from tests.train_testlib import losses, tiny_recipe, tiny_shards
 

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import PretrainConfig, load_config
 from pipeline.train import checkpoint as ck
-from pipeline.train.pretrain_cli import build_objective
+from pipeline.train.build import build_objective
 from pipeline.train.trainer import train
 from tests.train_testlib import ROOT, BothRanks, assert_same_weights, env, free_port, losses, tiny_recipe, tiny_shards
 

@@ -22,7 +22,7 @@ from pipeline.objectives.videomae import VideoMAE
 from pipeline.train import checkpoint as ck
 from pipeline.train import engine as eng
 from pipeline.train.monitor import peak_flops, train_flops_per_clip
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import STOP_FILE_ENV, train
 from tests.train_testlib import assert_same_weights, losses, tiny_recipe, tiny_shards
 

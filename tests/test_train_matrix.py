@@ -31,7 +31,7 @@ import torch
 from pipeline.config import PretrainConfig, load_config
 from pipeline.models.build import load_encoder
 from pipeline.train import checkpoint as ck
-from pipeline.train.pretrain_cli import build_objective
+from pipeline.train.build import build_objective
 from pipeline.train.trainer import train
 from tests.train_testlib import ROOT, BothRanks, env, free_port, tiny_recipe, tiny_shards
 

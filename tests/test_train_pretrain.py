@@ -12,7 +12,7 @@ import torch
 
 from pipeline.config import PretrainConfig, load_config
 from pipeline.train import checkpoint as ck
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import TrainingError, train
 from tests.train_testlib import ROOT, env, losses, pretrain_cmd, run, tiny_recipe, tiny_shards
 

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from pipeline.config import ConfigError, PretrainConfig, load_config
-from pipeline.train.pretrain_cli import build_objective, build_train_loader
+from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 from tests.train_testlib import tiny_recipe, tiny_shards
 

@@ -52,7 +52,7 @@ def _record_keys(out: Path) -> None:
 def run_case(recipe: str, overrides: list[str], record_keys: bool = False, resume_check: bool = True) -> None:
     from pipeline.config import PretrainConfig, load_config
     from pipeline.train import checkpoint as ck
-    from pipeline.train.pretrain_cli import build_objective, build_train_loader
+    from pipeline.train.build import build_objective, build_train_loader
     from pipeline.train.trainer import train
 
     cfg = load_config(PretrainConfig, recipe, overrides)

@@ -15,7 +15,7 @@ Errors come back as one-line ConfigErrors naming the key (model.name, model.over
 model.pretrained). `recorded_model(cfg, encoder)` is the section a run records: the built
 architecture in full, so the run's checkpoints rebuild it from their own metadata.
 
-`load_encoder` tells checkpoint kinds apart by what the path holds:
+`load_encoder` reads every kind pipeline/models/checkpoint.py's checkpoint_kind tells apart:
     run folder        a `vssl pretrain` / `vssl finetune` train.output_dir (it has checkpoints/):
                       its latest complete checkpoint (pipeline/train/checkpoint.py)
     step folder       `step-NNNNNN/` with metadata.json: model.safetensors holds the whole
@@ -39,7 +39,8 @@ import torch
 
 from pipeline.config import ConfigError, ModelConfig
 from pipeline.models.base import VideoBackbone
-from pipeline.models.checkpoint import CheckpointError, build_model, load_checked, read_safetensors
+from pipeline.models.checkpoint import (CheckpointError, build_model, load_checked, read_safetensors, run_kind,
+                                        step_folder)
 from pipeline.models.registry import create_model
 from pipeline.train import checkpoint as run_checkpoint
 
@@ -96,26 +97,6 @@ class EncoderReport:
         return out + [f"  note: {note}" for note in self.notes]
 
 
-def step_folder(path: str | Path) -> Path | None:
-    """The checkpoint a run or step folder stands for; None when `path` is neither."""
-    path = Path(path)
-    if (path / run_checkpoint.METADATA).is_file():
-        if run_checkpoint.read_metadata(path) is None:
-            raise CheckpointError(f"{path}: incomplete checkpoint (a file is missing or has the wrong size)")
-        return path
-    if (path / "checkpoints").is_dir():
-        latest = run_checkpoint.latest_checkpoint(path / "checkpoints")
-        if latest is None:
-            raise CheckpointError(f"{path / 'checkpoints'}: no complete checkpoint")
-        return latest
-    return None
-
-
-def run_kind(config: dict) -> str:
-    """"pretrain" or "finetune", from the sections of a checkpoint's saved config."""
-    return "finetune" if "task" in config else "pretrain"
-
-
 def encoder_arguments(config: dict) -> tuple[str, dict[str, Any]]:
     """(model name, constructor arguments) of the encoder a run's saved config describes: the
     registry model at the run's clip size, with model.overrides winning (as build_encoder builds it)."""
@@ -153,8 +134,6 @@ def load_encoder(path: str | Path, overrides: dict[str, Any] | None = None) -> t
     from pipeline.models.convert import import_checkpoint
 
     path, overrides = Path(path), dict(overrides or {})
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
     folder = step_folder(path)
     if folder is not None:
         return _from_step_folder(folder, overrides)

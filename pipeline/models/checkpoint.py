@@ -16,6 +16,10 @@ backbone.json is written last (temporary file + rename) and an old one is remove
 weights are replaced, so a folder holding backbone.json is complete; the recorded size catches a
 truncated weights file. Foreign layouts go through pipeline/models/convert.py, which reports
 unused and missing keys. Every error is a one-line `CheckpointError` naming the path and key.
+
+`checkpoint_kind(path)` is the one place that tells what a path holds (a run, a step folder, a
+backbone folder, a Hugging Face folder, a state-dict file); `step_folder` and `run_kind` read a
+run's own checkpoints (pipeline/train/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -30,15 +35,15 @@ from torch import Tensor, nn
 
 from pipeline.models.base import VideoBackbone
 from pipeline.models.registry import create_model
+from pipeline.train import checkpoint as run_checkpoint
+from pipeline.train.checkpoint import CheckpointError
 
 FORMAT_NAME = "vssl-backbone"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "backbone.safetensors"
 META_NAME = "backbone.json"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the model; the message names file and key."""
+CheckpointKind = Literal["step", "run", "backbone", "hugging-face", "state-dict"]
 
 
 def save_backbone(model: VideoBackbone, folder: str | Path) -> Path:
@@ -57,8 +62,45 @@ def save_backbone(model: VideoBackbone, folder: str | Path) -> Path:
     return folder
 
 
-def is_backbone_folder(path: str | Path) -> bool:
-    return (Path(path) / META_NAME).is_file()
+def checkpoint_kind(path: str | Path) -> CheckpointKind:
+    """What `path` holds, from its files:
+        step           a run's checkpoint folder `step-NNNNNN/` (it has metadata.json)
+        run            a `vssl pretrain` / `vssl finetune` train.output_dir (it has checkpoints/)
+        backbone       our backbone folder (backbone.json)
+        hugging-face   any other folder (pipeline/models/convert_hf.py says what it lacks)
+        state-dict     a file: an original VideoMAE .pth or a timm ViT (convert_pth.py)
+    A path that does not exist is a CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if (path / run_checkpoint.METADATA).is_file():
+        return "step"
+    if (path / "checkpoints").is_dir():
+        return "run"
+    if (path / META_NAME).is_file():
+        return "backbone"
+    return "hugging-face" if path.is_dir() else "state-dict"
+
+
+def step_folder(path: str | Path) -> Path | None:
+    """The complete checkpoint a run or step folder stands for; None for any other kind."""
+    path = Path(path)
+    kind = checkpoint_kind(path)
+    if kind == "step":
+        if run_checkpoint.read_metadata(path) is None:
+            raise CheckpointError(f"{path}: incomplete checkpoint (a file is missing or has the wrong size)")
+        return path
+    if kind == "run":
+        latest = run_checkpoint.latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise CheckpointError(f"{path / 'checkpoints'}: no complete checkpoint")
+        return latest
+    return None
+
+
+def run_kind(config: dict) -> str:
+    """"pretrain" or "finetune", from the sections of a run checkpoint's saved config."""
+    return "finetune" if "task" in config else "pretrain"
 
 
 def read_json(path: Path) -> dict:
@@ -111,9 +153,7 @@ def load_checked(model: nn.Module, state: dict[str, Tensor], origin: str,
 def load_backbone(path: str | Path, **overrides) -> VideoBackbone:
     """Our folder, or any layout pipeline/models/convert.py imports; overrides rebuild the model."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    if not is_backbone_folder(path):
+    if checkpoint_kind(path) != "backbone":
         from pipeline.models.convert import import_checkpoint
 
         return import_checkpoint(path, **overrides)[0]

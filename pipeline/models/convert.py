@@ -33,7 +33,7 @@ from torch import Tensor
 
 from pipeline.models.backbones.vit import SIZES
 from pipeline.models.base import VideoBackbone
-from pipeline.models.checkpoint import (CheckpointError, build_model, is_backbone_folder, load_backbone,
+from pipeline.models.checkpoint import (CheckpointError, build_model, checkpoint_kind, load_backbone,
                                         load_checked, read_safetensors)
 
 HEADS_BY_WIDTH = {size["embed_dim"]: size["num_heads"] for size in SIZES.values()}
@@ -165,11 +165,10 @@ def import_checkpoint(path: str | Path, *, num_heads: int | None = None,
     """Any supported checkpoint -> (model, report). Overrides (num_frames, img_size, drop_path_rate,
     ...) rebuild the model; learned positions are resampled to the new grid."""
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    if is_backbone_folder(path):
+    kind = checkpoint_kind(path)
+    if kind == "backbone":
         return load_backbone(path, **overrides), ImportReport(str(path), "vssl-backbone")
-    if path.is_dir():
+    if kind != "state-dict":  # a folder: convert_hf says what a non-HF one lacks
         from pipeline.models.convert_hf import import_hf
 
         return import_hf(path, overrides)

@@ -34,8 +34,8 @@ from safetensors.torch import save_file
 from pipeline.durable import fsync_dir, fsync_file
 from pipeline.models.backbones.vit import VideoViT
 from pipeline.models.base import VideoBackbone
-from pipeline.models.build import load_encoder, run_kind, step_folder
-from pipeline.models.checkpoint import CheckpointError, read_json
+from pipeline.models.build import load_encoder
+from pipeline.models.checkpoint import CheckpointError, read_json, run_kind, step_folder
 from pipeline.models.export import ENCODER_ONLY, ExportError, HFModel, to_hf
 from pipeline.train import checkpoint as run_checkpoint
 

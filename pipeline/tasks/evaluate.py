@@ -39,8 +39,9 @@ import torch.nn.functional as F
 from pipeline.config import ConfigError, DataConfig, FinetuneConfig, from_dict, to_dict
 from pipeline.data.normalize import normalize_video
 from pipeline.models.base import VideoBackbone
-from pipeline.models.build import build_encoder, load_encoder, run_kind, step_folder
-from pipeline.models.checkpoint import CheckpointError, build_model, load_checked, read_safetensors
+from pipeline.models.build import build_encoder, load_encoder
+from pipeline.models.checkpoint import (CheckpointError, build_model, load_checked, read_safetensors, run_kind,
+                                        step_folder)
 from pipeline.tasks import davis, metrics, overlays
 from pipeline.tasks.finetune import IGNORE_INDEX, TASK_ANNOTATIONS, build_task_model
 from pipeline.tasks.heads import TaskModel

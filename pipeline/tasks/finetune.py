@@ -26,6 +26,7 @@ Objectives (forward(batch) -> (loss, logs), as pipeline/train/trainer.py wants):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -198,15 +199,9 @@ def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, VideoBackbone]:
     return dataclasses.replace(cfg, model=model, task=task, data=data), encoder
 
 
-def build_train_loader(cfg: FinetuneConfig, rank: int, world_size: int, objective: nn.Module):
-    from pipeline.data.loader import build_loader
-
-    return build_loader(cfg.data, rank=rank, world_size=world_size, patch_size=objective.model.encoder.patch_size,
-                        split="train", annotations=TASK_ANNOTATIONS[cfg.task.kind])
-
-
 def finetune(cfg: FinetuneConfig):
     """Prepare, then train with pipeline/train/trainer.py; returns its TrainResult."""
+    from pipeline.train.build import build_train_loader
     from pipeline.train.trainer import train
 
     if cfg.task.kind == "propagation":
@@ -216,4 +211,5 @@ def finetune(cfg: FinetuneConfig):
     torch.manual_seed(cfg.train.seed)  # a fresh encoder's and the head's init
     recorded, encoder = prepare(cfg)
     objective = make_objective(recorded, build_task_model(recorded, encoder))
-    return train(recorded, lambda _: objective, build_train_loader, make_optimizer=make_optimizer)
+    loader = functools.partial(build_train_loader, annotations=TASK_ANNOTATIONS[cfg.task.kind])
+    return train(recorded, lambda _: objective, loader, make_optimizer=make_optimizer)

@@ -35,8 +35,9 @@ METADATA = "metadata.json"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message names the folder."""
+class CheckpointError(ValueError):
+    """Any checkpoint - a run's step folder, a backbone folder, an imported one - cannot be written
+    or read, or does not fit the model; the one-line message names the file or folder (and key)."""
 
 
 def step_dir(root: str | Path, step: int) -> Path:

@@ -25,13 +25,9 @@ from pipeline.probe.features import extract
 from pipeline.probe.grid import holdout_rows
 from pipeline.probe.health import COLLAPSE_PATIENCE, COLLAPSE_RANK, COLLAPSE_STD, collapsed, feature_health
 from pipeline.probe.knn import knn_predict, video_vectors
+from pipeline.train.build import encoder_of
 
 KNN_K, KNN_TEMPERATURE = 20, 0.07
-
-
-def encoder_of(objective) -> torch.nn.Module | None:
-    """The encoder inside a pretraining objective (`.encoder`) or a task objective (`.model.encoder`)."""
-    return getattr(objective, "encoder", None) or getattr(getattr(objective, "model", None), "encoder", None)
 
 
 class OnlineEval:
