@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, PretrainConfig, load_config
+from pipeline.config import ConfigError, PretrainConfig, from_dict, load_config, to_dict, without_removed
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -48,3 +48,11 @@ def test_mixed_precision_no_survives_yaml_reading_it_as_false():
     assert load_config(PretrainConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
     with pytest.raises(ConfigError, match="train.mixed_precision: must be auto, no, bf16 or fp16, got True"):
         load_config(PretrainConfig, None, ["train.mixed_precision=true"])
+
+
+def test_a_recorded_config_with_removed_keys_still_loads():
+    saved = to_dict(PretrainConfig())
+    saved["data"].update(decoder_mask_type="none", decoder_mask_ratio=0.5)  # as runs recorded them before
+    with pytest.raises(ConfigError, match="data.decoder_mask_type: removed"):
+        from_dict(PretrainConfig, saved)
+    assert from_dict(PretrainConfig, without_removed(PretrainConfig, saved)) == PretrainConfig()

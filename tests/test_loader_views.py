@@ -112,9 +112,9 @@ def test_pipe_shards_with_a_manifest(tmp_path):
     assert loader.stats()["skipped_total"] == 0
 
 
-def test_decoder_mask_and_pyav_backend(tmp_path):
+def test_multiblock_mask_and_pyav_backend(tmp_path):
     write_shards(tmp_path, [2])
-    cfg = config(shards=str(tmp_path), decoder="pyav", mask_type="multiblock", decoder_mask_type="running_cell")
+    cfg = config(shards=str(tmp_path), decoder="pyav", mask_type="multiblock")
     (batch,) = list(build_loader(cfg, patch_size=(2, 8, 8)))
-    assert batch["mask"].shape == batch["decoder_mask"].shape == (2, 4 * 4 * 4)
-    assert (batch["mask"].sum(1) == 4 * 8).all() and (batch["decoder_mask"].sum(1) == 32).all()
+    assert batch["mask"].shape == (2, 4 * 4 * 4) and "decoder_mask" not in batch
+    assert (batch["mask"].sum(1) == 4 * 8).all()

@@ -50,7 +50,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from pipeline.data.batch_ring import BatchRing
 from pipeline.data.decode import DecodeError
 from pipeline.data.decode_process import keep_freed_memory, make_decoder
-from pipeline.data.masking import make_masker, running_cell_mask
+from pipeline.data.masking import make_masker
 from pipeline.data.plan import EpochPlan, PlanSpec, StreamPlan, mix_seed
 from pipeline.data.remainder import Remainder, RemainderPlan
 from pipeline.data.sampling import ClipSampling
@@ -82,8 +82,6 @@ class BatchSpec:
     mask_ratio: float
     mask_block_scale: tuple[float, float]
     mask_block_aspect: tuple[float, float]
-    decoder_mask_type: str = "none"
-    decoder_mask_ratio: float = 0.5
     annotations: frozenset[str] = frozenset()  # of ANNOTATION_EXTS: the ones the consumer reads
 
     @property
@@ -304,8 +302,6 @@ class ClipDataset(IterableDataset):
         batch = {"video": video, "label": torch.tensor(labels, dtype=torch.long), "key": keys,
                  "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample,
                  "padded": torch.tensor(padded, dtype=torch.bool)}
-        if spec.decoder_mask_type == "running_cell":
-            batch["decoder_mask"] = running_cell_mask(n, spec.grid, spec.decoder_mask_ratio, generator)
         if any(b is not None for b in boxes):
             nan = torch.full((frames, 4), float("nan"))
             batch["boxes"] = torch.stack([nan if b is None else b for b in boxes])

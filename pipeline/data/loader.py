@@ -12,8 +12,7 @@
 Batch: `video` float (B*k, C, T, H, W) normalised (uint8 when device is None), `label` long (B*k,), `mask` (B*k, N) bool
 (True = hidden, N = T/pt * H/ph * W/pw), `key` list[str], `clips_per_sample` k, `padded` bool
 (B*k,) (True for the repeats that fill an evaluation epoch's last batches; drop them from
-metrics), plus
-`decoder_mask` (running cell), `boxes` (B*k, T, 4) XYXY with NaN where the object is absent, and
+metrics), plus `boxes` (B*k, T, 4) XYXY with NaN where the object is absent, and
 `masks` (B*k, T, H, W) uint8 when samples carry annotations and build_loader's `annotations` asks
 for them (no other member is read). k is data.repeated_samples when training, eval_clips *
 eval_crops when evaluating; a sample's clips are consecutive.
@@ -359,13 +358,11 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
     grid = (cfg.num_frames // pt, cfg.crop_size // ph, cfg.crop_size // pw)
     batch_spec = BatchSpec(sampling, transform, cfg.decoder, cfg.decode_timeout_s, cfg.mean, cfg.std, grid,
                            cfg.mask_type, cfg.mask_ratio, cfg.mask_block_scale, cfg.mask_block_aspect,
-                           cfg.decoder_mask_type, cfg.decoder_mask_ratio, frozenset(annotations))
-    for key, mask_type, ratio in (("data.mask_type", cfg.mask_type, cfg.mask_ratio),
-                                  ("data.decoder_mask_type", cfg.decoder_mask_type, cfg.decoder_mask_ratio)):
-        try:  # fail now, not in a worker, on a mask the grid cannot take
-            make_masker(mask_type, ratio, grid)
-        except ValueError as e:
-            raise ConfigError(f"{key}: {e}") from None
+                           frozenset(annotations))
+    try:  # fail now, not in a worker, on a mask the grid cannot take
+        make_masker(cfg.mask_type, cfg.mask_ratio, grid)
+    except ValueError as e:
+        raise ConfigError(f"data.mask_type: {e}") from None
     # prefetch_factor batches per worker are in flight; two more ring slots keep workers from waiting
     ring_slots = cfg.prefetch_factor + 2
     _check_shared_memory(cfg, batch_spec.clips_per_sample, ring_slots)

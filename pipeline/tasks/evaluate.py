@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ConfigError, DataConfig, FinetuneConfig, from_dict, to_dict
+from pipeline.config import ConfigError, DataConfig, FinetuneConfig, from_dict, to_dict, without_removed
 from pipeline.data.normalize import normalize_video
 from pipeline.models.base import VideoBackbone
 from pipeline.models.build import build_encoder, load_encoder
@@ -70,7 +70,7 @@ def load_finetuned(checkpoint: str | Path) -> tuple[FinetuneConfig, TaskModel, P
         raise CheckpointError(f"{folder}: a pretraining checkpoint; fine-tune it first (vssl finetune --init)")
     saved["model"]["pretrained"] = ""  # the weights come from this checkpoint, not the init
     try:
-        cfg = from_dict(FinetuneConfig, saved)
+        cfg = from_dict(FinetuneConfig, without_removed(FinetuneConfig, saved))
     except ConfigError as e:
         raise CheckpointError(f"{folder / run_checkpoint.METADATA}: config: {e}") from None
     encoder = build_model({"name": cfg.model.name, **cfg.model.overrides}, str(folder))
