@@ -8,6 +8,11 @@ a value of the wrong type or a malformed override raises `ConfigError` with a on
 naming the dotted key (and the file it came from); a key a section lists in its REMOVED table is
 refused naming its replacement. YAML is read with `yaml.safe_load` only.
 
+A choice field is typed with a `Literal` alias defined beside its section (`MaskType`,
+`Decoder`, ...): that alias is the one list of allowed values; the module that acts on the
+choice imports it (`typing.get_args(MaskType)`) rather than keeping its own. They live here, not
+in those modules, so that reading a config imports neither torch nor any model code.
+
 Subsystems own their section below (data -> DataConfig, model -> ModelConfig, ...); the
 machinery at the top of this file is generic and knows nothing about them.
 """
@@ -20,7 +25,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
@@ -51,17 +56,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]  # the first alternative's words: a Literal's names its choices
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{key}: must be one of {list(args)}, got {value!r}")
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -124,6 +130,19 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     if callable(validate):
         validate()
     return obj
+
+
+def _holds_literal(tp: Any) -> bool:
+    return typing.get_origin(tp) is Literal or any(_holds_literal(arg) for arg in typing.get_args(tp))
+
+
+def check_choices(section: Any, prefix: str) -> None:
+    """Refuse a choice field (typed with a Literal) holding another value: from_dict refuses it on
+    reading; this catches a section built in code, so each section's validate() calls it first."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        if _holds_literal(hints[f.name]):
+            _coerce(getattr(section, f.name), hints[f.name], f"{prefix}.{f.name}")
 
 
 def without_removed(cls: type, data: dict) -> dict:
@@ -216,14 +235,15 @@ class DataSource:
     manifest: str = ""  # as data.manifest
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
-
-
 def _range(key: str, pair: tuple[float, float], low: float, high: float) -> None:
     if not low <= pair[0] <= pair[1] <= high:
         raise ConfigError(f"{key}: need {low} <= min <= max <= {high}, got {list(pair)}")
+
+
+Decoder = Literal["decord", "torchcodec", "pyav"]  # pipeline/data/decode.py
+Sampling = Literal["random", "segment", "fps"]  # pipeline/data/sampling.py
+Crop = Literal["multiscale", "random_resized", "center"]  # pipeline/data/transforms.py
+MaskType = Literal["tube", "random", "running_cell", "multiblock", "none"]  # pipeline/data/masking.py
 
 
 @dataclass
@@ -245,10 +265,10 @@ class DataConfig:
     cache_dir: str = ""  # keep streamed shards here ("" = no cache); shared safely by workers and ranks
     cache_size_gb: float = 100.0  # the cache's limit: least recently used shards are deleted beyond it
     # decoding
-    decoder: str = "decord"  # decord | torchcodec | pyav
+    decoder: Decoder = "decord"
     decode_timeout_s: float = 30.0  # > 0: decode in a killable helper; 0: in the worker, unbounded
     # clip sampling
-    sampling: str = "random"  # random | segment | fps
+    sampling: Sampling = "random"
     num_frames: int = 16
     frame_stride: int = 4
     target_fps: float = 0.0  # sampling=fps
@@ -256,7 +276,7 @@ class DataConfig:
     eval_clips: int = 1  # evaluation: temporal views per video
     eval_crops: int = 1  # evaluation: spatial views per clip (1 centre, 3 along the long side)
     # spatial transforms
-    crop: str = "multiscale"  # multiscale | random_resized | center
+    crop: Crop = "multiscale"
     crop_size: int = 224
     crop_scale: tuple[float, float] = (0.08, 1.0)  # random_resized area fraction
     flip_prob: float = 0.5
@@ -276,16 +296,13 @@ class DataConfig:
     epoch_samples: int = 0  # resampled epoch length over all ranks; 0 = the sources' total
     seed: int = 0
     # masks returned with the batch
-    mask_type: str = "tube"  # tube | random | running_cell | multiblock | none
+    mask_type: MaskType = "tube"
     mask_ratio: float = 0.9
     mask_block_scale: tuple[float, float] = (0.15, 0.2)  # multiblock: area fraction per block
     mask_block_aspect: tuple[float, float] = (0.75, 1.5)
 
     def validate(self) -> None:
-        _choice("data.decoder", self.decoder, ("decord", "torchcodec", "pyav"))
-        _choice("data.sampling", self.sampling, ("random", "segment", "fps"))
-        _choice("data.crop", self.crop, ("multiscale", "random_resized", "center"))
-        _choice("data.mask_type", self.mask_type, ("tube", "random", "running_cell", "multiblock", "none"))
+        check_choices(self, "data")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError(f"data.mask_ratio: must be in [0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.flip_prob <= 1.0:
@@ -351,24 +368,29 @@ class ModelConfig:
             raise ConfigError(f"model.pretrained: no such file or folder: {self.pretrained}")
 
 
+ShardBackend = Literal["local", "ray"]  # data_prep: where the per-input work runs (the output is the same)
+X264Preset = Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"]
+
+
 @dataclass
 class ShardConfig:
     """`vssl shard`: raw video -> WebDataset shards (data_prep)."""
 
     inputs_per_shard: int = 256  # each split's inputs, in listing order, make shards of this many (data_prep/plan.py)
     workers: int = 2  # worker processes (with backend ray: Ray tasks at once); the output does not depend on it
-    backend: str = "local"  # where the per-input work runs: "local" processes or "ray" (the output is the same)
+    backend: ShardBackend = "local"  # "local" processes or "ray" tasks
     ray_address: str = ""  # backend ray: the cluster to join ("auto", "HOST:PORT", "ray://..."); "" starts a local one
     transcode: bool = False  # re-encode to H.264 with the settings below (else keep the bytes)
     short_side: int = 0  # 0 keeps the size; needs transcode
     fps: float = 0.0  # 0 keeps the rate; needs transcode
     gop: int = 16  # keyframe interval of re-encoded video
     crf: int = 23
-    preset: str = "veryfast"  # x264 speed/size trade-off
+    preset: X264Preset = "veryfast"  # x264 speed/size trade-off
     segment_s: float = 0.0  # > 0: cut each clip into consecutive segments of this many seconds
     timeout_s: float = 60.0  # bound on the time spent on one input
 
     def validate(self) -> None:
+        check_choices(self, "shard")
         positive = {"inputs_per_shard": self.inputs_per_shard, "workers": self.workers, "gop": self.gop,
                     "timeout_s": self.timeout_s}
         for name, value in positive.items():
@@ -381,43 +403,42 @@ class ShardConfig:
             raise ConfigError(f"shard.short_side: must be even (H.264 yuv420p), got {self.short_side}")
         if not 0 <= self.crf <= 51:
             raise ConfigError(f"shard.crf: must be in [0, 51], got {self.crf}")
-        presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-        if self.preset not in presets:
-            raise ConfigError(f"shard.preset: must be one of {list(presets)}, got {self.preset!r}")
         for name in ("short_side", "fps"):
             if getattr(self, name) and not self.transcode:
                 raise ConfigError(f"shard.{name}: set shard.transcode=true (--transcode) to change it")
-        if self.backend not in ("local", "ray"):
-            raise ConfigError(f"shard.backend: must be 'local' or 'ray', got {self.backend!r}")
         if self.ray_address and self.backend != "ray":
             raise ConfigError("shard.ray_address: set shard.backend=ray (--backend ray) to use it")
 
 
-TARGETS = ("pixels", "frame_diff", "motion_energy")  # objective.target (objectives/common.py: target_video)
+ObjectiveName = Literal["videomae", "predictive"]  # pipeline/train/build.py: build_objective
+# pixels | frame_diff: reconstruct/predict x_t - x_(t-1) (motion), as MotionMAE/MME do |
+# motion_energy: |x_t - x_(t-1)|, where and how much the clip changes, not the sign
+Target = Literal["pixels", "frame_diff", "motion_energy"]  # pipeline/objectives/common.py: target_video
+GuidedMasking = Literal["none", "motion"]  # pipeline/objectives/guided_masking.py
+# layer: each token over channels | instance: each channel over the clip's tokens
+LatentNorm = Literal["layer", "instance"]  # pipeline/objectives/common.py: normalize_latents
 
 
 @dataclass
 class ObjectiveConfig:
     """The self-supervised objective (pipeline/objectives)."""
 
-    name: str = "videomae"  # videomae | predictive
+    name: ObjectiveName = "videomae"
     # VideoMAE
     decoder_dim: int = 192
     decoder_depth: int = 4
     decoder_heads: int = 3
     norm_pix_loss: bool = True
-    # pixels | frame_diff: reconstruct/predict x_t - x_(t-1) (motion), as MotionMAE/MME do |
-    # motion_energy: |x_t - x_(t-1)|, where and how much the clip changes, not the sign
-    target: str = "pixels"
+    target: Target = "pixels"
     decoder_mask_ratio: float = 0.0  # >0: running-cell decoder masking (VideoMAE v2)
-    guided_masking: str = "none"  # none | motion: keep high-motion tubes visible (objectives/guided_masking.py)
+    guided_masking: GuidedMasking = "none"  # motion: keep high-motion tubes visible
     guide_strength: float = 2.0
     # videomae: also learn a log precision per reconstructed token and take the Gaussian NLL of
     # its error (the predictive objective always does; bounds below)
     precision_weighted: bool = False
     # both: also regress an EMA target encoder's tokens of the unmasked clip, normalised per latent_norm
     latent_target: bool = False
-    latent_norm: str = "layer"  # layer (each token over channels) | instance (each channel over the clip's tokens)
+    latent_norm: LatentNorm = "layer"
     ema_momentum: float = 0.996
     latent_weight: float = 1.0
     # next-frame predictive
@@ -427,14 +448,9 @@ class ObjectiveConfig:
     log_precision_max: float = 6.0
 
     def validate(self) -> None:
-        if self.name not in ("videomae", "predictive"):
-            raise ConfigError(f"objective.name: must be videomae or predictive, got {self.name!r}")
+        check_choices(self, "objective")
         if not 0.0 <= self.decoder_mask_ratio < 1.0:
             raise ConfigError(f"objective.decoder_mask_ratio: must be in [0, 1), got {self.decoder_mask_ratio}")
-        _choice("objective.target", self.target, TARGETS)
-        _choice("objective.latent_norm", self.latent_norm, ("layer", "instance"))
-        if self.guided_masking not in ("none", "motion"):
-            raise ConfigError(f"objective.guided_masking: must be none or motion, got {self.guided_masking!r}")
         if self.predict_steps < 1:
             raise ConfigError(f"objective.predict_steps: must be >= 1, got {self.predict_steps}")
         if not 0.0 <= self.ema_momentum <= 1.0:
@@ -445,7 +461,11 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.decoder_dim: {self.decoder_dim} not divisible by decoder_heads")
 
 
-TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to (pipeline/train/trackers.py)
+Tracker = Literal["tensorboard", "wandb", "mlflow"]  # pipeline/train/trackers.py
+Device = Literal["auto", "cuda", "cpu"]  # pipeline/train/engine.py: a GPU meant and missing is an error
+# auto: the launcher's --mixed_precision if given, else bf16 on a GPU, fp32 on the CPU
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]  # pipeline/train/engine.py
+CompileBackend = Literal["inductor", "aot_eager"]  # torch.compile: aot_eager captures graphs, no codegen
 
 
 @dataclass
@@ -462,11 +482,10 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0  # 0 disables
     grad_accum: int = 1
-    device: str = "auto"  # auto | cuda | cpu (pipeline/train/engine.py: a GPU meant and missing is an error)
-    # auto: the launcher's --mixed_precision if given, else bf16 on a GPU, fp32 on the CPU | no | bf16 | fp16
-    mixed_precision: str | bool = "auto"  # YAML reads a bare `no` as false: that means "no"
+    device: Device = "auto"
+    mixed_precision: MixedPrecision | bool = "auto"  # YAML reads a bare `no` as false: that means "no"
     compile: bool = False
-    compile_backend: str = "inductor"  # torch.compile backend: inductor | aot_eager (graph capture, no codegen)
+    compile_backend: CompileBackend = "inductor"
     checkpoint_every: int = 50
     keep_last: int = 3
     log_every: int = 1
@@ -475,24 +494,22 @@ class TrainConfig:
     resume: str = "auto"  # auto: latest complete checkpoint in output_dir | never | a folder
     dist_timeout_s: float = 600.0
     peak_tflops: float = 0.0  # the device's dense bf16 peak for MFU; 0: from the GPU's name where known
-    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # + wandb, mlflow (pipeline/train/trackers.py)
+    report_to: list[Tracker] = field(default_factory=lambda: ["tensorboard"])
     # representation monitors (pipeline/train/online_eval.py): k-NN top-1 and collapse figures
     eval_every: int = 0  # steps; 0 = off
     eval_videos: int = 128  # the first this many videos of eval_split, one view each
     eval_split: str = "val"  # the train split when the shards have none of this name
 
     def validate(self) -> None:
+        check_choices(self, "train")
         if self.mixed_precision is False:
             self.mixed_precision = "no"
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ConfigError(f"train.mixed_precision: must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
-        _choice("train.device", self.device, ("auto", "cuda", "cpu"))
+        if self.mixed_precision is True:
+            choices = ", ".join(typing.get_args(MixedPrecision))
+            raise ConfigError(f"train.mixed_precision: must be one of {choices}, got True")
         if self.eval_every < 0 or self.eval_videos < 4:
             raise ConfigError(f"train.eval_every: must be >= 0 and train.eval_videos >= 4, got {self.eval_every} "
                               f"and {self.eval_videos}")
-        _choice("train.compile_backend", self.compile_backend, ("inductor", "aot_eager"))
-        for tracker in self.report_to:
-            _choice("train.report_to", tracker, TRACKERS)
         if self.compile_backend != "inductor" and not self.compile:
             raise ConfigError("train.compile_backend: set train.compile=true to use it")
         if self.peak_tflops < 0:
@@ -514,19 +531,19 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-TASK_KINDS = ("classification", "segmentation", "tracking", "propagation")
+TaskKind = Literal["classification", "segmentation", "tracking", "propagation"]  # pipeline/tasks/finetune.py
+# task.head: the heads each kind takes, its first the default (pipeline/tasks/finetune.py: build_head)
 TASK_HEADS = {"classification": ("linear", "attentive"), "segmentation": ("linear", "decoder"),
               "tracking": ("correlation",), "propagation": ("none",)}
-HEAD_NORMS = ("layer", "batch", "none")  # task.head_norm (pipeline/tasks/heads.py: LinearHead)
+HeadNorm = Literal["layer", "batch", "none"]  # pipeline/tasks/heads.py: LinearHead
 
 
 @dataclass
 class TaskConfig:
     """The downstream task of `vssl finetune` / `vssl eval` (pipeline/tasks)."""
 
-    kind: str = "classification"  # classification | segmentation | tracking | propagation
-    head: str = ""  # "": the kind's first. classification: linear | attentive; segmentation:
-    #                 linear | decoder; tracking: correlation; propagation: none
+    kind: TaskKind = "classification"
+    head: str = ""  # one of TASK_HEADS[kind]; "": the kind's first
     freeze_encoder: bool = False  # true: linear / attentive probe over a frozen encoder
     num_classes: int = 0  # 0: the manifest's classes (classification), 2 (segmentation)
     label_fraction: float = 1.0  # < 1: train on a class-balanced subset of the labelled samples
@@ -538,7 +555,7 @@ class TaskConfig:
     mix_prob: float = 1.0  # chance that a batch is mixed at all
     mix_switch_prob: float = 0.5  # with both alphas: chance of cutmix instead of mixup
     head_dropout: float = 0.0
-    head_norm: str = "layer"  # classification linear head: layer | batch | none (pipeline/tasks/heads.py)
+    head_norm: HeadNorm = "layer"  # classification linear head
     head_width: int = 64  # tracking: correlation channels
     template_size: int = 32  # tracking: template crop side in pixels (a multiple of the stride)
     template_context: float = 2.0  # tracking: crop side / longer box side
@@ -553,10 +570,10 @@ class TaskConfig:
     pictures: int = 4  # evaluation: overlay pictures written
 
     def validate(self) -> None:
-        _choice("task.kind", self.kind, TASK_KINDS)
+        check_choices(self, "task")
         self.head = self.head or TASK_HEADS[self.kind][0]
-        _choice("task.head", self.head, TASK_HEADS[self.kind])
-        _choice("task.head_norm", self.head_norm, HEAD_NORMS)
+        if self.head not in TASK_HEADS[self.kind]:
+            raise ConfigError(f"task.head: must be one of {', '.join(TASK_HEADS[self.kind])}, got {self.head!r}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"task.label_fraction: must be in (0, 1], got {self.label_fraction}")
         if not 0.0 < self.layer_decay <= 1.0:
@@ -593,7 +610,7 @@ class FinetuneConfig:
             raise ConfigError(f"task.head_norm: batch needs data.batch_size >= 2 per process, got {self.data.batch_size}")
 
 
-PROBE_METHODS = ("knn", "linear", "attentive")  # probe.methods (pipeline/probe)
+ProbeMethod = Literal["knn", "linear", "attentive"]  # pipeline/probe/run.py
 
 
 @dataclass
@@ -601,7 +618,7 @@ class ProbeSettings:
     """Frozen evaluation (`vssl probe`, pipeline/probe): probes trained on cached features of a
     frozen encoder. Views per clip: data.eval_clips x data.eval_crops."""
 
-    methods: list[str] = field(default_factory=lambda: list(PROBE_METHODS))
+    methods: list[ProbeMethod] = field(default_factory=lambda: list(typing.get_args(ProbeMethod)))
     train_split: str = "train"  # the probes' training data (its labelled samples)
     eval_split: str = "val"  # the reported split; never used to choose anything
     holdout_fraction: float = 0.2  # of train_split's labels, per class: where a grid member is chosen
@@ -620,10 +637,9 @@ class ProbeSettings:
     cache: bool = True  # reuse features extracted before for the same encoder, data and split
 
     def validate(self) -> None:
+        check_choices(self, "probe")
         if not self.methods:
-            raise ConfigError("probe.methods: name at least one of " + ", ".join(PROBE_METHODS))
-        for method in self.methods:
-            _choice("probe.methods", method, PROBE_METHODS)
+            raise ConfigError("probe.methods: name at least one of " + ", ".join(typing.get_args(ProbeMethod)))
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"probe.holdout_fraction: must be in (0, 1), got {self.holdout_fraction}")
         if not self.knn_k or min(self.knn_k) < 1:

@@ -46,7 +46,7 @@ def test_bad_yaml_and_missing_file(tmp_path):
 def test_mixed_precision_no_survives_yaml_reading_it_as_false():
     """YAML 1.1 reads a bare `no` (recipes, --set) as false; train.mixed_precision takes it as "no"."""
     assert load_config(PretrainConfig, None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
-    with pytest.raises(ConfigError, match="train.mixed_precision: must be auto, no, bf16 or fp16, got True"):
+    with pytest.raises(ConfigError, match="train.mixed_precision: must be one of auto, no, bf16, fp16, got True"):
         load_config(PretrainConfig, None, ["train.mixed_precision=true"])
 
 

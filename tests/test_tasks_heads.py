@@ -3,11 +3,13 @@
     python -m pytest -q tests/test_tasks_heads.py
 """
 
+from typing import get_args
+
 import pytest
 import torch
 from torch import nn
 
-from pipeline.config import HEAD_NORMS, ConfigError, FinetuneConfig, TaskConfig, from_dict
+from pipeline.config import ConfigError, FinetuneConfig, HeadNorm, TaskConfig, from_dict
 from pipeline.models import create_model
 from pipeline.tasks.features import frame_features
 from pipeline.tasks.heads import AttentiveProbe, LinearHead, LinearSegHead, SegDecoder, TaskModel
@@ -32,7 +34,7 @@ def clip(batch=2, frames=8, size=64, seed=1):
 
 def test_linear_head_shapes_norm_option_and_gradients():
     pooled = torch.randn(4, 32, requires_grad=True)
-    for norm in HEAD_NORMS:
+    for norm in get_args(HeadNorm):
         head = LinearHead(32, 5, norm=norm, dropout=0.1)
         logits = head(pooled)
         assert logits.shape == (4, 5)

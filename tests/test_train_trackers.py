@@ -77,5 +77,5 @@ def test_a_tracker_that_cannot_start_is_one_warning(tmp_path, shards, offline, m
     assert result.step == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if "train.report_to" in line]
     assert len(lines) == 1 and lines[0].startswith("vssl: warning: train.report_to: mlflow could not start (")
-    with pytest.raises(ConfigError, match="train.report_to: must be one of tensorboard, wandb, mlflow"):
+    with pytest.raises(ConfigError, match=r"train.report_to\[0\]: must be one of tensorboard, wandb, mlflow"):
         load_config(PretrainConfig, None, ["train.report_to=[neptune]"])

@@ -18,13 +18,13 @@ from __future__ import annotations
 import importlib.util
 import io
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, get_args
 
 import numpy as np
 
+from pipeline.config import Decoder
 from pipeline.data.sampling import ClipSampling, union_indices
 
-DECODERS = ("decord", "pyav", "torchcodec")
 # pyav: a gap of more than this many frames between wanted frames is crossed by seeking
 _SEEK_GAP = 64
 
@@ -109,10 +109,10 @@ _READERS = {"decord": DecordReader, "pyav": PyAVReader, "torchcodec": TorchCodec
 _MODULES = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec"}
 
 
-def check_decoder(name: str) -> None:
+def check_decoder(name: Decoder) -> None:
     """Raise a one-line ValueError if the backend is unknown or not installed."""
     if name not in _READERS:
-        raise ValueError(f"data.decoder: unknown decoder {name!r} (known: {', '.join(DECODERS)})")
+        raise ValueError(f"data.decoder: unknown decoder {name!r} (known: {', '.join(get_args(Decoder))})")
     if importlib.util.find_spec(_MODULES[name]) is None:
         hint = " (pip install torchcodec; it also needs the system FFmpeg libraries)" if name == "torchcodec" else ""
         raise ValueError(f"data.decoder: {name} is not installed{hint}")

@@ -20,14 +20,15 @@ Hidden counts are equal across rows, which visible-only encoders need:
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, get_args
 
 import torch
 from torch import Tensor
 
+from pipeline.config import MaskType
+
 Grid = tuple[int, int, int]
 Masker = Callable[[int, torch.Generator], Tensor]
-MASK_TYPES = ("tube", "random", "running_cell", "multiblock", "none")
 
 # 2x2 cell slots in clockwise order, so a rotation of the hidden set moves around the cell
 _CELL_ORDER = ((0, 0), (0, 1), (1, 1), (1, 0))
@@ -130,7 +131,7 @@ def no_mask(batch: int, grid: Grid) -> Tensor:
     return torch.zeros(batch, t * h * w, dtype=torch.bool)
 
 
-def make_masker(mask_type: str, ratio: float, grid: Grid,
+def make_masker(mask_type: MaskType, ratio: float, grid: Grid,
                 block_scale: tuple[float, float] = (0.15, 0.2),
                 block_aspect: tuple[float, float] = (0.75, 1.5)) -> Masker:
     """The generator named by `mask_type` bound to a ratio and grid: masker(batch, generator)."""
@@ -145,4 +146,4 @@ def make_masker(mask_type: str, ratio: float, grid: Grid,
         return lambda batch, gen: multiblock_mask(batch, grid, ratio, gen, block_scale, block_aspect)
     if mask_type == "none":
         return lambda batch, gen: no_mask(batch, grid)
-    raise ValueError(f"unknown mask type {mask_type!r} (known: {', '.join(MASK_TYPES)})")
+    raise ValueError(f"unknown mask type {mask_type!r} (known: {', '.join(get_args(MaskType))})")

@@ -21,10 +21,12 @@ A video shorter than a clip's span repeats its last frame (indices are clamped).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
-SAMPLING_MODES = ("random", "segment", "fps")
+from pipeline.config import Sampling
+
 
 
 def strided_clip(num_video_frames: int, num_frames: int, step: float, start: float) -> np.ndarray:
@@ -50,7 +52,7 @@ def segment_clip(num_video_frames: int, num_frames: int, offset: float | np.ndar
 
 @dataclass(frozen=True)
 class ClipSampling:
-    mode: str = "random"
+    mode: Sampling = "random"
     num_frames: int = 16
     frame_stride: int = 4
     target_fps: float = 0.0
@@ -58,8 +60,8 @@ class ClipSampling:
     train: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in SAMPLING_MODES:
-            raise ValueError(f"sampling mode {self.mode!r}: must be one of {', '.join(SAMPLING_MODES)}")
+        if self.mode not in get_args(Sampling):
+            raise ValueError(f"sampling mode {self.mode!r}: must be one of {', '.join(get_args(Sampling))}")
         if self.mode == "fps" and self.target_fps <= 0:
             raise ValueError("sampling mode 'fps' needs target_fps > 0")
 

@@ -29,6 +29,7 @@ device that trains on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 from torch import Tensor
@@ -36,7 +37,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-CROP_MODES = ("multiscale", "random_resized", "center")
+from pipeline.config import Crop
+
 MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 # 13 offsets in quarters of the free room (VideoMAE's "more fix crop" positions)
 MULTISCALE_OFFSETS = ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2), (0, 2), (4, 2), (2, 0), (2, 4),
@@ -48,7 +50,7 @@ View = tuple[Tensor, "Tensor | None", "Tensor | None"]
 
 @dataclass(frozen=True)
 class TransformSpec:
-    crop: str = "multiscale"
+    crop: Crop = "multiscale"
     crop_size: int = 224
     crop_scale: tuple[float, float] = (0.08, 1.0)
     flip_prob: float = 0.5
@@ -103,8 +105,8 @@ def _absent_to_nan(boxes: Tensor) -> Tensor:
 
 class ClipTransform:
     def __init__(self, spec: TransformSpec):
-        if spec.crop not in CROP_MODES:
-            raise ValueError(f"crop {spec.crop!r}: must be one of {', '.join(CROP_MODES)}")
+        if spec.crop not in get_args(Crop):
+            raise ValueError(f"crop {spec.crop!r}: must be one of {', '.join(get_args(Crop))}")
         self.spec = spec
         self._random_resized = v2.RandomResizedCrop(spec.crop_size, scale=spec.crop_scale)
         self._augment = self._augment_annotated = None

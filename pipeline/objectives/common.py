@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import LatentNorm, Target
 from pipeline.models.layers import frame_differences
 
 
@@ -97,7 +98,7 @@ def to_uint8_frames(video: Tensor, mean: tuple[float, ...], std: tuple[float, ..
     return (x.permute(1, 2, 3, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def target_video(video: Tensor, target: str) -> Tensor:
+def target_video(video: Tensor, target: Target) -> Tensor:
     """What an objective reconstructs or predicts (objective.target), as a (B, C, T, H, W) video:
     the clip, its frame differences x_t - x_(t-1), or their magnitude |x_t - x_(t-1)|
     (motion_energy). Frame 0 repeats frame 1's difference."""
@@ -107,7 +108,7 @@ def target_video(video: Tensor, target: str) -> Tensor:
     return diff.abs() if target == "motion_energy" else diff
 
 
-def display_stats(target: str, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple, tuple]:
+def display_stats(target: Target, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[tuple, tuple]:
     """(mean, std) that to_uint8_frames should undo for a target video: the clip's own; for
     objective.target=frame_diff mid-grey = no change, a difference of +-1 pixel unit = white/black;
     for motion_energy black = no change, a change of 1 pixel unit = white."""
@@ -220,7 +221,7 @@ def step_flops(trained: int, frozen: int) -> int:
 
 
 @torch.no_grad()
-def latent_targets(target: nn.Module, video: Tensor, norm: str = "layer") -> Tensor:
+def latent_targets(target: nn.Module, video: Tensor, norm: LatentNorm = "layer") -> Tensor:
     """(B, N, D) float32: the target encoder's final tokens of the whole clip, normalised
     (objective.latent_norm): "layer" standardises each token over its channels (no affine), as
     V-JEPA does; "instance" standardises each channel over the clip's tokens, as data2vec does, so

@@ -25,12 +25,14 @@ frozen (VideoBackbone.freeze_unused).
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp, trunc_normal_
 from torch import Tensor, nn
 
-from pipeline.config import HEAD_NORMS
+from pipeline.config import HeadNorm
 from pipeline.models.base import VideoBackbone
 from pipeline.tasks.features import frame_features, tokens_to_grid
 
@@ -51,10 +53,10 @@ class LinearHead(nn.Module):
 
     consumes = "pooled"
 
-    def __init__(self, dim: int, num_classes: int, norm: str = "layer", dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_classes: int, norm: HeadNorm = "layer", dropout: float = 0.0) -> None:
         super().__init__()
-        if norm not in HEAD_NORMS:
-            raise ValueError(f"LinearHead: norm must be one of {HEAD_NORMS}, got {norm!r}")
+        if norm not in get_args(HeadNorm):
+            raise ValueError(f"LinearHead: norm must be one of {get_args(HeadNorm)}, got {norm!r}")
         self.norm = {"layer": lambda: nn.LayerNorm(dim, elementwise_affine=False),
                      "batch": lambda: nn.BatchNorm1d(dim, affine=False), "none": nn.Identity}[norm]()
         self.dropout = nn.Dropout(dropout)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.config import ConfigError, PretrainConfig
+from pipeline.config import ConfigError, Device, MixedPrecision, PretrainConfig
 
 CPU_LAUNCH_ENV = {"ACCELERATE_USE_CPU": ("1", "true"), "DS_ACCELERATOR": ("cpu",)}
 _LAUNCHER_ENV = ("LOCAL_RANK", "WORLD_SIZE")  # set by torchrun / accelerate launch in every process
@@ -78,7 +78,7 @@ def _no_gpu_reason() -> str:
     return f"{'; '.join(parts)}; {hint}"
 
 
-def resolve_device(choice: str, world_size: int | None = None) -> str:
+def resolve_device(choice: Device, world_size: int | None = None) -> str:
     """train.device -> "cuda" or "cpu", or ConfigError when a GPU was meant and none is usable."""
     if choice == "cpu":
         return "cpu"
@@ -97,7 +97,7 @@ def resolve_device(choice: str, world_size: int | None = None) -> str:
     return "cpu"
 
 
-def resolve_precision(choice: str, device: str) -> str:
+def resolve_precision(choice: MixedPrecision, device: str) -> str:
     """train.mixed_precision -> "no" | "bf16" | "fp16"."""
     if choice == "auto":
         launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()

@@ -46,9 +46,9 @@ CASES: list[tuple[list[str], str]] = [
     (["model.name=vit_gigantic_nope"], "vit_gigantic_nope"),
     (["model.overrides={embed_dimm: 32}"], "model: cannot build 'vit_tiny_joint'"),
     (["model.pretrained=/nonexistent/backbone"], "model.pretrained: no such file or folder"),
-    (["objective.name=mae"], "objective.name: must be videomae or predictive"),
+    (["objective.name=mae"], "objective.name: must be one of videomae, predictive"),
     (["objective.decoder_heads=3"], "objective.decoder_dim: 32 not divisible by decoder_heads"),
-    (["train.mixed_precision=fp8"], "train.mixed_precision: must be auto, no, bf16 or fp16"),
+    (["train.mixed_precision=fp8"], "train.mixed_precision: must be one of auto, no, bf16, fp16"),
     (["train.grad_accum=0"], "train.grad_accum: must be >= 1"),
     (["train.resume=/nonexistent/step-000004"], "train.resume: /nonexistent/step-000004 is not a complete"),
 ]
