@@ -1,14 +1,15 @@
 """The labelled synthetic video dataset: the embedded default data set and test bed of vssl.
 
-    vssl synth --out data/synth --per-class 10 --frames 16 --size 64 --workers 2
+    vssl synth --out data/synth --workers 2                       # the default preset
+    vssl synth --out data/synth --preset hard --per-class 100      # a preset, one setting overridden
     from data_prep.synth import generate
-    summary = generate("data/synth", per_class=10, num_frames=16, size=64, seed=0, workers=2)
+    summary = generate("data/synth", preset="hard", per_class=10, num_frames=16, size=64, workers=2)
 
 Each video shows a textured target shape whose motion over the clip is its class (see
 synth_render.py), with distractors and a drifting background. The dataset folder:
 
     classes.txt     one class name per line; line index = label id
-    synth.json      every generation parameter + seed + version, and the counts
+    synth.json      every generation parameter (preset, ranges) + seed + version, and the counts
     kinetics.csv    label,youtube_id,time_start,time_end,split (label = class name)
     videos/, davis/ per video, see synth_export.py
     davis/ImageSets/2017/train.txt, val.txt   sequence names per split
@@ -37,12 +38,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data_prep.synth_export import DAVIS_SETS_DIR, X264_PRESET, X264_THREADS, VideoEntry, write_video
-from data_prep.synth_render import CLASSES, RANGES, render_video, sample_params
+from data_prep.synth_render import CLASSES, NOISE_GRID, DrawingRanges, render_video, sample_params
 from pipeline.config import ConfigError
 
-SYNTH_VERSION = 1
+SYNTH_VERSION = 2
 SPLITS = ("train", "val")
 CSV_HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
+
+# Named settings, each given as what it changes from SynthConfig() and DrawingRanges() (keys under
+# "ranges"). "hard" is the version-1 default: colours drawn from the same range for objects and
+# background, and 10 videos per class. docs/EXPERIMENTS.md has what each preset is measured to teach.
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "hard": {"per_class": 10, "ranges": {"object_colors": (0.0, 255.0), "background_colors": (40.0, 200.0)}},
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,8 @@ class SynthConfig:
     davis: bool = True
     gop: int = 8
     crf: int = 20
+    preset: str = "default"   # the PRESETS row the fields started from (preset_config applies it)
+    ranges: DrawingRanges = DrawingRanges()
 
     def validate(self) -> None:
         checks = [
@@ -78,6 +89,14 @@ class SynthConfig:
         for name, ok, expected in checks:
             if not ok or isinstance(getattr(self, name), bool):
                 raise ConfigError(f"synth.{name}: must be {expected}, got {getattr(self, name)!r}")
+        if self.preset not in PRESETS:
+            raise ConfigError(f"synth.preset: must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if not isinstance(self.ranges, DrawingRanges):
+            raise ConfigError(f"synth.ranges: must be a DrawingRanges, got {self.ranges!r}")
+        try:
+            self.ranges.validate(self.size)
+        except ValueError as e:
+            raise ConfigError(f"synth.ranges.{e}") from None
 
     @property
     def val_count(self) -> int:
@@ -102,6 +121,7 @@ class SynthSummary:
     bytes: int
     seconds: float
     workers: int
+    preset: str = "default"
     classes: tuple[str, ...] = CLASSES
 
     @property
@@ -125,14 +145,31 @@ class SynthSummary:
                   for c in self.classes]
         lines.append(f"wrote {self.num_videos} videos ({self.bytes / 1e6:.1f} MB of mp4) to "
                      f"{self.out_dir} in {self.seconds:.1f} s: {self.videos_per_s:.1f} videos/s "
-                     f"with {self.workers} worker(s)")
+                     f"with {self.workers} worker(s), preset {self.preset}")
         return "\n".join(lines)
+
+
+def preset_config(name: str = "default", **settings: Any) -> SynthConfig:
+    """The SynthConfig of preset `name`, with `settings` (SynthConfig fields) overriding it."""
+    if name not in PRESETS:
+        raise ConfigError(f"synth.preset: must be one of {', '.join(PRESETS)}, got {name!r}")
+    table = dict(PRESETS[name])
+    ranges = DrawingRanges(**table.pop("ranges", {}))
+    return _override(SynthConfig(**table, ranges=ranges, preset=name), settings)
+
+
+def _override(config: SynthConfig, settings: dict[str, Any]) -> SynthConfig:
+    unknown = set(settings) - {f.name for f in dataclasses.fields(SynthConfig)}
+    if unknown:
+        raise ConfigError(f"synth.{sorted(unknown)[0]}: unknown setting")
+    return dataclasses.replace(config, **settings)
 
 
 def make_video(config: SynthConfig, root: Path, index: int) -> tuple[VideoEntry, int]:
     """Render and write video `index` under `root`; return its entry and mp4 size."""
     entry = config.entry(index)
-    frames, boxes, masks = render_video(sample_params(config.seed, index, config.num_frames, config.size))
+    frames, boxes, masks = render_video(sample_params(config.seed, index, config.num_frames, config.size,
+                                                      config.ranges))
     size = write_video(root, entry, frames, boxes, masks, fps=config.fps, gop=config.gop,
                        crf=config.crf, davis=config.davis)
     return entry, size
@@ -159,7 +196,7 @@ def write_index_files(root: Path, config: SynthConfig, entries: list[VideoEntry]
     meta = {"generator": "vssl synth", "version": SYNTH_VERSION, **dataclasses.asdict(config),
             "x264_preset": X264_PRESET, "x264_threads": X264_THREADS, "classes": list(CLASSES),
             "videos": len(entries), "videos_by_split": counts, "val_per_class": config.val_count,
-            "ranges": dataclasses.asdict(RANGES)}
+            "noise_grid": NOISE_GRID}
     _write_text(root / "synth.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -222,13 +259,15 @@ def _install(partial_dir: Path, out_dir: Path) -> None:
 def generate(out_dir: str | Path, config: SynthConfig | None = None, *, workers: int = 1,
              overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
              **settings: Any) -> SynthSummary:
-    """Write the dataset to `out_dir`. `settings` override fields of `config` (or the defaults),
-    e.g. generate(out, per_class=2, num_frames=16, size=64, seed=1). `workers` <= 0: all cores."""
-    config = config or SynthConfig()
-    unknown = set(settings) - {f.name for f in dataclasses.fields(SynthConfig)}
-    if unknown:
-        raise ConfigError(f"synth.{sorted(unknown)[0]}: unknown setting")
-    config = dataclasses.replace(config, **settings)
+    """Write the dataset to `out_dir`. `settings` override fields of `config`, or of the preset
+    named by `preset=` (default "default"), e.g. generate(out, preset="hard", per_class=2, seed=1).
+    `workers` <= 0: all cores."""
+    if config is None:
+        config = preset_config(settings.pop("preset", "default"), **settings)
+    elif "preset" in settings:
+        raise ConfigError("synth.preset: give a preset or a config, not both")
+    else:
+        config = _override(config, settings)
     config.validate()
     if not isinstance(workers, int) or isinstance(workers, bool):
         raise ConfigError(f"synth.workers: must be an integer, got {workers!r}")
@@ -247,4 +286,4 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None, *, workers:
         shutil.rmtree(partial_dir, ignore_errors=True)
         raise
     return SynthSummary(out_dir=out_dir, entries=entries, bytes=sum(size for _, size in results),
-                        seconds=time.perf_counter() - start, workers=workers)
+                        seconds=time.perf_counter() - start, workers=workers, preset=config.preset)

@@ -3,13 +3,17 @@
     from data_prep.synth_render import CLASSES, sample_params, render_video
     params = sample_params(seed=0, index=5, num_frames=16, size=64)    # label = index % 8
     frames, boxes, masks = render_video(params)   # (T,H,W,3) uint8, (T,4) float32 xyxy, (T,H,W) uint8
+    sample_params(0, 5, 16, 64, ranges=DrawingRanges(...))            # other ranges (synth.py: PRESETS)
 
 The class is the motion of the target shape over the clip: move_left/right/up/down, rotate_cw/ccw
 (clockwise as seen on screen), grow, shrink. Everything else -- shape, aspect, texture, colours,
 start position/size/angle, the amounts of every class motion, a small nuisance drift/turn/scale,
 1-2 smaller distractors with random motion, the background and its drift -- is drawn from
 `np.random.default_rng([seed, index])` in one fixed order that never looks at the label. So
-frame 0 is identical whatever the label, and video `index` depends only on (seed, index).
+frame 0 is identical whatever the label, and video `index` depends only on (seed, index, ranges).
+By default the shapes' colours are bright and the background's dark (DrawingRanges.object_colors,
+background_colors), so a shape is told from the background by any pixel of it; ranges that change
+only colours scale the same draws, so they leave every shape, motion, box and mask unchanged.
 
 Class motions are totals over the clip (linear in time), so the classes stay separable for any
 frame count, and the start position keeps the target fully inside the frame for every class.
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -50,12 +54,35 @@ class DrawingRanges:
     distractor_wobble: float = 0.06
     distractor_turn: float = 1.5
     background_drift: tuple[float, float] = (0.02, 0.08)
+    # every RGB channel of both colours of a texture; apart, so every object pixel is brighter than
+    # every background pixel in every channel (shapes stand out without telling the class)
+    object_colors: tuple[float, float] = (160.0, 255.0)
+    background_colors: tuple[float, float] = (0.0, 60.0)
     object_frequency: tuple[float, float] = (1.0, 2.5)      # texture cycles per half-length
     background_frequency: tuple[float, float] = (2.0, 6.0)  # texture cycles per frame
-    noise_grid: int = 16      # value-noise lattice; it wraps, so textures tile forever
+
+    def validate(self, size: int) -> None:
+        """ValueError("<field>: ...") where a video of `size` px could not be drawn as documented."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            low, high = value if isinstance(value, tuple) else (0, value)
+            if not 0 <= low <= high:
+                raise ValueError(f"{f.name}: must be >= 0 with low <= high, got {value!r}")
+        for name in ("object_colors", "background_colors"):
+            if getattr(self, name)[1] > 255:
+                raise ValueError(f"{name}: must lie in [0, 255], got {getattr(self, name)!r}")
+        if self.nuisance_scale < 1:
+            raise ValueError(f"nuisance_scale: must be >= 1, got {self.nuisance_scale}")
+        radius = max(circumradius(shape, self.aspect[1]) for shape in SHAPES)
+        extent = self.target_half_length[1] * radius * self.nuisance_scale
+        reach = max(extent * self.class_growth[1], extent + self.class_shift[1]) + self.nuisance_drift + 1 / size
+        if reach >= 0.5:
+            raise ValueError(f"class_shift: with target_half_length {self.target_half_length} the target can "
+                             f"leave a {size} px frame (needs {reach:.2f} of the frame each side of its start)")
 
 
 RANGES = DrawingRanges()
+NOISE_GRID = 16   # value-noise lattice; it wraps, so textures tile forever
 
 # Polygon corners in object units (half-length 1 along u, half-width `aspect` along v), centroid
 # at the origin so that rotating or scaling about the centre leaves the mask centroid in place.
@@ -113,17 +140,17 @@ class VideoParams:
     distractors: tuple[Sprite, ...]
 
 
-def _texture(rng: np.random.Generator, frequency: tuple[float, float], muted: bool) -> Texture:
-    low, high = (40.0, 200.0) if muted else (0.0, 255.0)
+def _texture(rng: np.random.Generator, frequency: tuple[float, float], colors: tuple[float, float]) -> Texture:
+    low, high = colors
     a, b = (tuple(float(c) for c in rng.uniform(low, high, 3)) for _ in range(2))
     return Texture(pattern=PATTERNS[rng.integers(len(PATTERNS))], color_a=a, color_b=b,
                    frequency=float(rng.uniform(*frequency)), angle=float(rng.uniform(0, math.pi)),
                    phase=float(rng.uniform(0, 1)), noise_seed=int(rng.integers(2**31)))
 
 
-def _shape(rng: np.random.Generator) -> tuple[str, float, Texture]:
-    return (SHAPES[rng.integers(len(SHAPES))], float(rng.uniform(*RANGES.aspect)),
-            _texture(rng, RANGES.object_frequency, muted=False))
+def _shape(rng: np.random.Generator, ranges: DrawingRanges) -> tuple[str, float, Texture]:
+    return (SHAPES[rng.integers(len(SHAPES))], float(rng.uniform(*ranges.aspect)),
+            _texture(rng, ranges.object_frequency, ranges.object_colors))
 
 
 def circumradius(shape: str, aspect: float) -> float:
@@ -133,38 +160,39 @@ def circumradius(shape: str, aspect: float) -> float:
     return max(math.hypot(u, v) for u, v in _CORNERS[shape](aspect))
 
 
-def sample_params(seed: int, index: int, num_frames: int, size: int) -> VideoParams:
+def sample_params(seed: int, index: int, num_frames: int, size: int,
+                  ranges: DrawingRanges = RANGES) -> VideoParams:
     """Draw video `index` of the dataset with `seed`; the label is `index % len(CLASSES)`."""
     rng = np.random.default_rng([seed, index])
-    background = _texture(rng, RANGES.background_frequency, muted=True)
+    background = _texture(rng, ranges.background_frequency, ranges.background_colors)
     drift_angle = rng.uniform(0, 2 * math.pi)
-    drift = rng.uniform(*RANGES.background_drift) * size
-    shape, aspect, texture = _shape(rng)
-    half_length = rng.uniform(*RANGES.target_half_length) * size
+    drift = rng.uniform(*ranges.background_drift) * size
+    shape, aspect, texture = _shape(rng, ranges)
+    half_length = rng.uniform(*ranges.target_half_length) * size
     angle = rng.uniform(0, 2 * math.pi)
-    nuisance_shift = rng.uniform(-RANGES.nuisance_drift, RANGES.nuisance_drift, 2) * size
-    nuisance_turn = rng.uniform(-RANGES.nuisance_turn, RANGES.nuisance_turn)
-    nuisance_log_scale = rng.uniform(-1.0, 1.0) * math.log(RANGES.nuisance_scale)
-    class_shift = rng.uniform(*RANGES.class_shift) * size
-    class_turn = rng.uniform(*RANGES.class_turn)
-    class_log_growth = math.log(rng.uniform(*RANGES.class_growth))
+    nuisance_shift = rng.uniform(-ranges.nuisance_drift, ranges.nuisance_drift, 2) * size
+    nuisance_turn = rng.uniform(-ranges.nuisance_turn, ranges.nuisance_turn)
+    nuisance_log_scale = rng.uniform(-1.0, 1.0) * math.log(ranges.nuisance_scale)
+    class_shift = rng.uniform(*ranges.class_shift) * size
+    class_turn = rng.uniform(*ranges.class_turn)
+    class_log_growth = math.log(rng.uniform(*ranges.class_growth))
     # Room needed on every side for the most demanding class, so the start does not depend on it.
-    extent = half_length * circumradius(shape, aspect) * RANGES.nuisance_scale
-    margin = max(extent * math.exp(class_log_growth), extent + class_shift) + RANGES.nuisance_drift * size + 1
+    extent = half_length * circumradius(shape, aspect) * ranges.nuisance_scale
+    margin = max(extent * math.exp(class_log_growth), extent + class_shift) + ranges.nuisance_drift * size + 1
     center = tuple(float(c) for c in rng.uniform(margin, size - margin, 2))
     target = Sprite(shape, aspect, texture, float(half_length), center, float(angle),
                     shift=(float(nuisance_shift[0]), float(nuisance_shift[1])),
                     turn=float(nuisance_turn), log_scale=float(nuisance_log_scale))
     distractors = []
     for _ in range(int(rng.integers(1, 3))):
-        d_shape, d_aspect, d_texture = _shape(rng)
-        shift = rng.uniform(-RANGES.distractor_shift, RANGES.distractor_shift, 2) * size
-        wobble = rng.uniform(-RANGES.distractor_wobble, RANGES.distractor_wobble, 2) * size
+        d_shape, d_aspect, d_texture = _shape(rng, ranges)
+        shift = rng.uniform(-ranges.distractor_shift, ranges.distractor_shift, 2) * size
+        wobble = rng.uniform(-ranges.distractor_wobble, ranges.distractor_wobble, 2) * size
         distractors.append(Sprite(
-            d_shape, d_aspect, d_texture, float(rng.uniform(*RANGES.distractor_half_length) * size),
+            d_shape, d_aspect, d_texture, float(rng.uniform(*ranges.distractor_half_length) * size),
             tuple(float(c) for c in rng.uniform(0, size, 2)), float(rng.uniform(0, 2 * math.pi)),
             shift=(float(shift[0]), float(shift[1])),
-            turn=float(rng.uniform(-RANGES.distractor_turn, RANGES.distractor_turn)),
+            turn=float(rng.uniform(-ranges.distractor_turn, ranges.distractor_turn)),
             wobble=(float(wobble[0]), float(wobble[1])), wobble_cycles=float(rng.uniform(0.5, 2.0)),
             wobble_phase=float(rng.uniform(0, 2 * math.pi))))
     return VideoParams(label=index % len(CLASSES), num_frames=num_frames, size=size,
@@ -196,7 +224,7 @@ def sprite_pose(sprite: Sprite, progress: float) -> tuple[float, float, float, f
 
 @functools.lru_cache(maxsize=256)
 def _noise_lattice(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random((RANGES.noise_grid, RANGES.noise_grid), dtype=np.float32)
+    return np.random.default_rng(seed).random((NOISE_GRID, NOISE_GRID), dtype=np.float32)
 
 
 def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
@@ -205,8 +233,8 @@ def _value_noise(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = x - x0, y - y0
     fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
-    ix, iy = x0.astype(np.int64) % RANGES.noise_grid, y0.astype(np.int64) % RANGES.noise_grid
-    jx, jy = (ix + 1) % RANGES.noise_grid, (iy + 1) % RANGES.noise_grid
+    ix, iy = x0.astype(np.int64) % NOISE_GRID, y0.astype(np.int64) % NOISE_GRID
+    jx, jy = (ix + 1) % NOISE_GRID, (iy + 1) % NOISE_GRID
     top = lattice[iy, ix] * (1 - fx) + lattice[iy, jx] * fx
     bottom = lattice[jy, ix] * (1 - fx) + lattice[jy, jx] * fx
     return top * (1 - fy) + bottom * fy

@@ -16,9 +16,10 @@ from PIL import Image
 
 from data_prep import synth
 from data_prep.encode import encode_mp4
-from data_prep.synth import CSV_HEADER, SynthConfig, generate
+from data_prep.synth import CSV_HEADER, PRESETS, SynthConfig, generate, preset_config
 from data_prep.synth_export import X264_PRESET, X264_THREADS
-from data_prep.synth_render import CLASSES, labelled_target, render_video, sample_params, sprite_box
+from data_prep.synth_render import (CLASSES, DrawingRanges, labelled_target, render_video, sample_params,
+                                    sprite_box)
 from pipeline.cli import main as cli_main
 from pipeline.config import ConfigError
 
@@ -101,6 +102,7 @@ def test_index_files_layout_balance_and_split(dataset: Path, rows: list[dict[str
     assert meta["version"] == synth.SYNTH_VERSION and meta["classes"] == list(CLASSES)
     assert meta["videos_by_split"] == {"train": 16, "val": 8}
     assert meta["ranges"]["class_shift"] == [0.16, 0.22]
+    assert meta["preset"] == "default" and meta["ranges"] == json.loads(json.dumps(dataclasses.asdict(DrawingRanges())))
 
 
 def test_every_mp4_decodes_to_the_rendered_frames(dataset: Path, rows: list[dict[str, str]]) -> None:
@@ -128,9 +130,11 @@ def test_boxes_are_the_bounds_of_the_masks(dataset: Path, rows: list[dict[str, s
     assert max(errors) <= 2.0 and np.mean(errors) < 0.8
 
 
-def test_mask_covers_exactly_the_pixels_the_target_paints() -> None:
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_mask_covers_exactly_the_pixels_the_target_paints(preset: str) -> None:
+    ranges = preset_config(preset).ranges
     for index in range(8):
-        base = sample_params(3, index, 8, 64)
+        base = sample_params(3, index, 8, 64, ranges)
         other = dataclasses.replace(base, label=(base.label + 3) % len(CLASSES))
         frames_a, _, masks_a = render_video(base)
         frames_b, _, masks_b = render_video(other)
@@ -294,3 +298,58 @@ def test_val_count_is_balanced_and_rounded() -> None:
     assert SynthConfig(per_class=5, val_fraction=0.0).val_count == 0
     with pytest.raises(ConfigError, match="synth.colour: unknown"):
         generate("unused", colour="red")
+
+
+def test_presets_resolve_and_explicit_settings_win() -> None:
+    assert preset_config() == preset_config("default") == SynthConfig()
+    hard = preset_config("hard")
+    assert hard.preset == "hard" and hard.per_class == 10
+    assert hard.ranges.background_colors == (40.0, 200.0) and hard.ranges.object_colors == (0.0, 255.0)
+    mine = preset_config("hard", per_class=3, size=32)
+    assert (mine.per_class, mine.size, mine.ranges) == (3, 32, hard.ranges)
+    with pytest.raises(ConfigError, match="synth.preset: must be one of default, hard, got 'easy'"):
+        preset_config("easy")
+    with pytest.raises(ConfigError, match="synth.preset: give a preset or a config"):
+        generate("unused", SynthConfig(), preset="hard")
+
+
+def test_the_preset_and_its_ranges_are_recorded_in_synth_json(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "hard"
+    code = cli_main(["synth", "--out", str(out), "--preset", "hard", "--per-class", "1", "--frames", "4",
+                     "--size", "32", "--val-fraction", "0", "--workers", "1", "--no-davis"])
+    assert code == 0 and "preset hard" in capsys.readouterr().out
+    meta = json.loads((out / "synth.json").read_text())
+    assert meta["preset"] == "hard" and meta["videos"] == 8       # --per-class 1 beat the preset's 10
+    assert (meta["num_frames"], meta["size"], meta["davis"]) == (4, 32, False)
+    assert meta["ranges"]["background_colors"] == [40.0, 200.0] and meta["ranges"]["object_colors"] == [0.0, 255.0]
+    assert cli_main(["synth", "--out", str(tmp_path / "bad"), "--preset", "easy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "synth.preset" in err and "easy" in err
+
+
+def test_presets_differ_in_colours_only() -> None:
+    # same draws in the same order: the hard preset has the default's shapes, motions and masks
+    for index in range(8):
+        default = render_video(sample_params(2, index, 8, 64, preset_config("default").ranges))
+        hard = render_video(sample_params(2, index, 8, 64, preset_config("hard").ranges))
+        assert not np.array_equal(default[0], hard[0])
+        assert np.array_equal(default[1], hard[1]) and np.array_equal(default[2], hard[2])
+
+
+def test_default_objects_are_brighter_than_the_background_in_every_channel() -> None:
+    # what lets a plain RGB ViT find the shapes; the class still needs two frames (test above)
+    for index in range(8):
+        frames, _, masks = render_video(sample_params(4, index, 8, 64))
+        bright, dark = frames.min(-1) >= 160, frames.max(-1) <= 60
+        assert (bright | dark).all()
+        assert bright[masks.astype(bool)].all()
+        assert dark.mean() > 0.5
+
+
+def test_ranges_that_would_leave_the_frame_are_refused() -> None:
+    wide = dataclasses.replace(DrawingRanges(), class_shift=(0.3, 0.4))
+    with pytest.raises(ConfigError, match="synth.ranges.class_shift: .* can leave a 64 px frame"):
+        generate("unused", ranges=wide)
+    with pytest.raises(ConfigError, match="synth.ranges.object_colors"):
+        generate("unused", ranges=dataclasses.replace(DrawingRanges(), object_colors=(200.0, 300.0)))
