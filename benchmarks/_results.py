@@ -17,6 +17,8 @@ import platform
 import re
 from pathlib import Path
 
+from pipeline.durable import atomic_write
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "RESULTS.md"
@@ -41,10 +43,7 @@ def save(record: dict, seconds: float, folder: Path = RESULTS) -> Path:
                "machine": machine(), "seconds": round(seconds, 1)}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{record['benchmark']}{'-quick' if record['quick'] else ''}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n"))
 
 
 def met(value, goal: str) -> str:
@@ -74,7 +73,4 @@ def render(folder: Path = RESULTS, page: Path = PAGE) -> Path:
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     records.sort(key=lambda r: (r["benchmark"], r["quick"]))
     text = HEADER + "".join("\n" + section(r) for r in records)
-    tmp = page.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, page)
-    return page
+    return atomic_write(page, lambda tmp: tmp.write_text(text))

@@ -70,6 +70,7 @@ from benchmarks.model import best_times
 from benchmarks.train import MemoryLoader
 from pipeline.config import PretrainConfig, load_config
 from pipeline.data.loader import shm_free_bytes
+from pipeline.durable import atomic_write
 from pipeline.train import checkpoint as ck
 from pipeline.train.monitor import package_versions, peak_flops, train_flops_per_clip
 from pipeline.train.build import build_objective, build_train_loader
@@ -445,10 +446,7 @@ def _write(report: dict) -> Path:
     folder = Path(os.environ.get(OUT_ENV) or ROOT / "runs" / "benchmarks")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ("gpu-quick.json" if report["quick"] else "gpu.json")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2, default=str)))
 
 
 def run(quick: bool) -> dict:

@@ -1,7 +1,8 @@
 """Helpers for files that must survive a crash or a Ctrl-C whole (shards, journals, checkpoints).
 
-    from pipeline.durable import fsync_dir, fsync_file, uninterrupted
-    fsync_file(tmp); os.replace(tmp, final); fsync_dir(final.parent)
+    from pipeline.durable import atomic_write, fsync_dir, fsync_file, replace_folder, uninterrupted
+    atomic_write(path, lambda tmp: tmp.write_text(text))    # the one temporary-then-rename write
+    replace_folder(staging, final)   # a finished folder takes final's name, an old one stepping aside
     with uninterrupted():      # a Ctrl-C that lands in here is acted on when the block ends
         open_file_and_record_it()
 """
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from contextlib import contextmanager
@@ -66,3 +68,24 @@ def atomic_write(path: str | Path, write) -> Path:
             tmp.unlink()
     fsync_dir(path.parent)
     return path
+
+
+def replace_folder(staging: str | Path, final: str | Path) -> Path:
+    """Rename the finished folder `staging` to `final` (same file system) and flush the rename. An
+    existing `final` first steps aside to the hidden sibling `.NAME.old-PID`, which is removed once
+    the new folder is in place (or put back if the rename fails)."""
+    staging, final = Path(staging), Path(final)
+    old = final.with_name(f".{final.name}.old-{os.getpid()}") if final.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    try:
+        os.replace(staging, final)
+    except OSError:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+    fsync_dir(final.parent)
+    return final

@@ -1,4 +1,5 @@
-"""pipeline.durable.uninterrupted: a Ctrl-C inside the block is acted on after it, never inside it."""
+"""pipeline.durable: uninterrupted (a Ctrl-C inside the block is acted on after it, never inside it),
+atomic_write and replace_folder (the old content or the whole new one, nothing left beside)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 
 import pytest
 
-from pipeline.durable import uninterrupted
+from pipeline.durable import atomic_write, replace_folder, uninterrupted
 
 
 @pytest.fixture
@@ -56,3 +57,26 @@ def test_outside_the_main_thread_the_block_just_runs():
     t.start()
     t.join()
     assert done == [False]
+
+
+def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path):
+    path = atomic_write(tmp_path / "a.json", lambda tmp: tmp.write_text("old"))
+
+    def half_then_fail(tmp):
+        tmp.write_text("ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_replace_folder_swaps_in_the_new_folder_and_removes_the_old(tmp_path):
+    final, staging = tmp_path / "out", tmp_path / ".out.partial"
+    for folder, text in ((final, "old"), (staging, "new")):
+        folder.mkdir()
+        (folder / "f.txt").write_text(text)
+    assert replace_folder(staging, final) == final
+    assert (final / "f.txt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out"]
+    staging.mkdir()
+    assert replace_folder(staging, tmp_path / "fresh").is_dir() and not staging.exists()  # no old one

@@ -76,14 +76,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline import storage
-from pipeline.durable import fsync_file
+from pipeline.durable import atomic_write
 
 FORMAT_NAME = "vssl-shards"
 FORMAT_VERSION = 1
@@ -216,12 +215,7 @@ class Manifest:
             url = storage.join(folder, MANIFEST_NAME)
             storage.write_bytes(url, self.to_json().encode())
             return url
-        path = Path(folder) / MANIFEST_NAME
-        tmp = path.with_name(path.name + TMP_SUFFIX)
-        tmp.write_text(self.to_json())
-        fsync_file(tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(Path(folder) / MANIFEST_NAME, lambda tmp: tmp.write_text(self.to_json()))
 
 
 def read_manifest(path: str | Path) -> Manifest:

@@ -25,7 +25,6 @@ run's own checkpoints (pipeline/train/checkpoint.py).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from pipeline.durable import atomic_write
 from pipeline.models.base import VideoBackbone
 from pipeline.models.registry import create_model
 from pipeline.train import checkpoint as run_checkpoint
@@ -51,14 +51,10 @@ def save_backbone(model: VideoBackbone, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META_NAME).unlink(missing_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    weights = folder / WEIGHTS_NAME
-    save_file(state, str(weights) + ".tmp")
-    os.replace(str(weights) + ".tmp", weights)
+    weights = atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp)))
     meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": model.config,
             "weights_bytes": weights.stat().st_size}
-    tmp = folder / (META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / META_NAME)
+    atomic_write(folder / META_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     return folder
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from pipeline.durable import fsync_dir, fsync_file
+from pipeline.durable import fsync_dir, fsync_file, replace_folder
 from pipeline.models.backbones.vit import VideoViT
 from pipeline.models.base import VideoBackbone
 from pipeline.models.build import load_encoder
@@ -164,14 +164,7 @@ def write_folder(out: Path, files: dict[str, object], overwrite: bool) -> None:
                 save_file(content, str(partial / name), metadata={"format": "pt"})
             fsync_file(partial / name)
         fsync_dir(partial)
-        if out.exists():  # the old folder steps aside, the new one takes its name, the old one goes
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(partial, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(partial, out)
-        fsync_dir(out.parent)
+        replace_folder(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.durable import replace_folder
 from pipeline.tasks.image_io import save_image
 
 FRAME_DIR = "JPEGImages"
@@ -163,9 +164,7 @@ def write_masks(root: str | Path, name: str, masks: np.ndarray, frame_names: lis
             image = Image.fromarray(mask)  # mode L: pixel values are the ids
             image.putpalette(palette)  # L -> P, values kept
             save_image(image, staging / f"{stem}.png")
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 from pipeline.config import ConfigError, DataConfig, FinetuneConfig, from_dict, to_dict, without_removed
 from pipeline.data.normalize import normalize_video
+from pipeline.durable import atomic_write
 from pipeline.models.base import VideoBackbone
 from pipeline.models.build import build_encoder, load_encoder
 from pipeline.models.checkpoint import (CheckpointError, build_model, load_checked, read_safetensors, run_kind,
@@ -233,9 +233,7 @@ def evaluate_propagation(encoder: VideoBackbone, cfg: FinetuneConfig, out: Path)
 
 def _write_json(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
 
 
 def propagation_encoder(cfg: FinetuneConfig, checkpoint: str | Path | None) -> tuple[VideoBackbone, str]:

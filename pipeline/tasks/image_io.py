@@ -1,4 +1,4 @@
-"""Writing pictures so that a reader never sees half a file: temp file in the same folder, then rename.
+"""Writing pictures so that a reader never sees half a file (pipeline/durable.py: atomic_write).
 
     from pipeline.tasks.image_io import save_image
     save_image(pil_image, "out/strip.png")                    # any PIL format, chosen by suffix
@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
+
+from pipeline.durable import atomic_write
 
 
 def save_image(image: Image.Image, path: str | Path, **params) -> Path:
@@ -21,12 +21,4 @@ def save_image(image: Image.Image, path: str | Path, **params) -> Path:
     if image_format is None:
         raise ValueError(f"{path}: unknown image suffix {path.suffix!r} (use .png, .gif, .jpg, ...)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=image_format, **params)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format=image_format, **params))
