@@ -5,14 +5,15 @@
         for task, result in pool.map(items):        # in the order of `items`, like KillablePool.map
             ...
 
-At most `workers` Ray tasks run at once (one CPU each, placed by Ray anywhere in the cluster), so
-each starts as soon as it is sent. A task runs fn(task, *args) in a one-worker data_prep.pool
+At most `workers` Ray tasks run at once (one CPU each, placed by Ray anywhere in the cluster), and
+as many more wait in Ray's queue, so a Ray worker that finishes one task starts the next without
+waiting for the driver. A task runs fn(task, *args) in a one-worker data_prep.pool
 .KillablePool that its Ray worker process keeps between tasks: the time bound, a decoder that
 crashes or hangs, and an exception in fn give exactly the TaskFailed the local pool gives (the
 same reasons, so quarantine.jsonl is the same on both backends). Ray adds placement and transfer.
 A Ray worker or node that dies is no input's fault: Ray runs the task again (twice), then the run
-stops with RayPoolError, as it does when a task gives no reply within its bound plus two worker
-start-ups (re-running resumes).
+stops with RayPoolError, as it does when a task gives no reply within twice its bound (queued,
+then running) plus two worker start-ups (re-running resumes).
 
 Tasks get the driver's VSSL_*, AWS_* and FSSPEC_* variables (store endpoint, credentials, retry
 settings), so every worker reaches the stores the driver does. Inputs must be readable from every
@@ -21,7 +22,8 @@ node of the cluster (URLs or a shared file system) and vssl installed on each.
 ray_session connects to `address` (`--ray-address`: "auto", "HOST:6379", "ray://HOST:10001") and
 waits (up to START_TIMEOUT_S) until the cluster offers `cpus` CPUs, as nodes started beside the
 driver join (recipes/slurm/shard_ray.sbatch); or with no address it starts a local cluster (this
-machine's CPUs, at least `cpus`; no dashboard) and stops it at the end. A driver already connected
+machine's CPUs, at least `cpus`; no dashboard; workers at the usual priority, not Ray's nice 15) and
+stops it at the end. A driver already connected
 (ray.init called by the caller) is used as it is.
 """
 
@@ -39,6 +41,9 @@ T = TypeVar("T")
 _END = object()
 _ENV_PREFIXES = ("VSSL_", "AWS_", "FSSPEC_")
 _RETRIES = 2  # Ray runs a task again this many times when its worker or node dies
+# Ray runs workers at nice 15 by default, below the driver and anything else on the machine; here the
+# workers do the work (as the local pool's do, at the usual priority)
+LOCAL_SYSTEM_CONFIG = {"worker_niceness": 0}
 
 
 class RayPoolError(RuntimeError):
@@ -65,7 +70,7 @@ def ray_session(address: str, cpus: int) -> Iterator[None]:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
             ray.init(num_cpus=max(os.cpu_count() or 1, cpus), include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING, _system_config=LOCAL_SYSTEM_CONFIG)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise RayPoolError(f"--ray-address {address or '(local)'}: cannot start or reach a Ray cluster "
                            f"({' '.join(str(e).split())[:200]})") from None
@@ -110,7 +115,7 @@ class RayPool:
         self._submit = lambda task: remote.remote(fn_ref, args_ref, task, timeout_s, tuple(preload))
         self._workers = workers
         self._running: dict[Any, tuple[int, float]] = {}
-        self._patience = timeout_s + 2 * START_TIMEOUT_S  # no reply by then: the Ray worker is stuck
+        self._patience = 2 * (timeout_s + START_TIMEOUT_S)  # no reply by then: the Ray worker is stuck
 
     def map(self, tasks: Iterable[T], ahead: int = 0) -> Iterator[tuple[T, Any]]:
         """(task, result) pairs in task order; result is fn(task, *args) or a TaskFailed."""
@@ -122,7 +127,7 @@ class RayPool:
         submitted = yielded = 0
         exhausted = False
         while True:
-            while len(running) < self._workers and not exhausted and submitted - yielded < ahead:
+            while len(running) < 2 * self._workers and not exhausted and submitted - yielded < ahead:
                 task = next(source, _END)
                 if task is _END:
                     exhausted = True

@@ -20,7 +20,10 @@ RECORD = """#!/usr/bin/env bash
 echo "$*" >> "$FAKE_LOG/{name}"
 {then}
 """
-STUBS = {"sbatch": 'echo "VSSL_SHARD_NODES=$VSSL_SHARD_NODES" >> "$FAKE_LOG/sbatch.env"; echo 4242', "srun": "", "scontrol": "printf 'node-a\\nnode-b\\nnode-c\\n'", "ray": "", "vssl": ""}
+STUBS = {"sbatch": 'echo "VSSL_SHARD_NODES=$VSSL_SHARD_NODES" >> "$FAKE_LOG/sbatch.env"; echo 4242',
+         "srun": "", "scontrol": "printf 'node-a\\nnode-b\\nnode-c\\n'", "ray": "",
+         # as the real one waits for the worker nodes to join: until the (background) srun has started
+         "vssl": 'for _ in $(seq 200); do [ -e "$FAKE_LOG/srun" ] && break; sleep 0.05; done'}
 
 
 def _env(tmp_path: Path, stubs: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
