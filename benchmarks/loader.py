@@ -54,6 +54,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import webdataset as wds
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, get_worker_info
 
 from data_prep.annotations import npz_bytes
@@ -66,7 +67,6 @@ from tests.s3_testlib import local_s3
 
 WORKERS = 2
 FRAMES, STRIDE, VIDEO_FRAMES = 16, 4, 64
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def textured_frames(size: tuple[int, int], seed: int) -> np.ndarray:
@@ -216,7 +216,8 @@ class VideoMAEStyle(Dataset):
         frames = vr.get_batch(random_clip(len(vr), random)).asnumpy()
         images = self._multiscale_crop([Image.fromarray(f) for f in frames])
         video = torch.from_numpy(np.stack([np.asarray(img) for img in images])).float().div_(255)
-        video = ((video - torch.tensor(MEAN)) / torch.tensor(STD)).permute(3, 0, 1, 2)
+        mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN), torch.tensor(IMAGENET_DEFAULT_STD)
+        video = ((video - mean) / std).permute(3, 0, 1, 2)
         spatial = (self.size // 16) ** 2
         mask = np.hstack([np.zeros(spatial - int(0.9 * spatial)), np.ones(int(0.9 * spatial))])
         np.random.shuffle(mask)

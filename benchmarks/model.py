@@ -29,8 +29,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from pipeline.data.masking import tube_mask
 from pipeline.models import create_model, list_models
-from pipeline.models.base import random_tube_mask
 from pipeline.train.monitor import peak_flops
 
 
@@ -164,7 +164,7 @@ def _measure(device: torch.device, quick: bool) -> dict:
 
     ours = create_model("vit_small_joint", num_frames=frames, img_size=size, final_norm="none").to(device)
     hf = hf_videomae_like(ours).to(device)
-    mask = random_tube_mask(batch, ours.base_grid, 0.9).to(device)
+    mask = tube_mask(batch, ours.base_grid, 0.9).to(device)
     hf_video = video.transpose(1, 2).contiguous()
     times = best_times({"full": (ours, video, None), "masked": (ours, video, mask),
                         "hf": (hf, hf_video, None)}, repeats + 3)

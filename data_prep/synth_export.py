@@ -18,7 +18,6 @@ however many processes wrote it.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math
@@ -31,6 +30,7 @@ from PIL import Image
 
 from data_prep.encode import encode_mp4
 from data_prep.synth_render import CLASSES
+from pipeline.tasks.davis import davis_palette
 
 # x264's macroblock-tree rate control made output depend on what the process encoded before
 # (measured with PyAV 18: ~15% of 64 px clips differed between runs); "superfast" turns it off.
@@ -40,20 +40,6 @@ JPEG_QUALITY = 90
 DAVIS_FRAME_DIR = "davis/JPEGImages/480p"
 DAVIS_MASK_DIR = "davis/Annotations/480p"
 DAVIS_SETS_DIR = "davis/ImageSets/2017"
-
-
-@functools.cache
-def davis_palette() -> tuple[int, ...]:
-    """The 256-colour PASCAL VOC / DAVIS palette, flat [r0, g0, b0, r1, ...]: 0 black, 1 (128, 0, 0)."""
-    palette = []
-    for index in range(256):
-        rgb, code = [0, 0, 0], index
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((code >> channel) & 1) << (7 - bit)
-            code >>= 3
-        palette.extend(rgb)
-    return tuple(palette)
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,7 @@ class DataConfig:
     flip_prob: float = 0.5
     rand_augment_ops: int = 0  # 0 = off
     rand_augment_magnitude: int = 9
+    # timm.data.IMAGENET_DEFAULT_MEAN / _STD, spelled out so that reading a config imports no torch
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # batching, order and epochs

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, PretrainConfig, from_dict, load_config, to_dict, without_removed
+from pipeline.config import ConfigError, DataConfig, PretrainConfig, from_dict, load_config, to_dict, without_removed
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -56,3 +56,9 @@ def test_a_recorded_config_with_removed_keys_still_loads():
     with pytest.raises(ConfigError, match="data.decoder_mask_type: removed"):
         from_dict(PretrainConfig, saved)
     assert from_dict(PretrainConfig, without_removed(PretrainConfig, saved)) == PretrainConfig()
+
+
+def test_default_normalisation_is_timms_imagenet_mean_and_std():
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    assert (DataConfig().mean, DataConfig().std) == (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)

@@ -18,8 +18,8 @@ from transformers.models.videomae.modeling_videomae import get_sinusoid_encoding
 
 from pipeline.cli import main
 from pipeline.config import PretrainConfig, load_config
+from pipeline.data.masking import tube_mask
 from pipeline.models import create_model
-from pipeline.models.base import random_tube_mask
 from pipeline.models.build import load_encoder
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.convert import import_checkpoint
@@ -104,7 +104,7 @@ def test_videomae_run_exports_encoder_and_matches(run_dir, tmp_path, capsys):
     assert not [k for k in load_file(out / "model.safetensors") if "decoder" in k]
     ours = load_encoder(run_dir)[0].eval()
     video = clip(frames=8)
-    mask = random_tube_mask(2, (4, 4, 4), 0.75, torch.Generator().manual_seed(0))
+    mask = tube_mask(2, (4, 4, 4), 0.75, torch.Generator().manual_seed(0))
     with torch.no_grad():
         for m in (None, mask):
             got = hf(pixel_values=video.transpose(1, 2), bool_masked_pos=m).last_hidden_state

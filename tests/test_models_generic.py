@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
+from pipeline.data.masking import tube_mask
 from pipeline.models import create_model, list_models
-from pipeline.models.base import BackboneOutput, VideoBackbone, random_tube_mask
+from pipeline.models.base import BackboneOutput, VideoBackbone
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.registry import generic_test_overrides
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
@@ -58,7 +59,7 @@ def test_every_model_forward_backward_and_roundtrip(name, tmp_path):
     assert isinstance(model, VideoBackbone) and model.config["name"] == name
     video = torch.randn(BATCH, 3, FRAMES, SIZE, SIZE)
     grid = model.token_grid(FRAMES, SIZE, SIZE)
-    mask = random_tube_mask(BATCH, grid, 0.5, torch.Generator().manual_seed(0))
+    mask = tube_mask(BATCH, grid, 0.5, torch.Generator().manual_seed(0))
     for m in (None, mask):
         model.zero_grad(set_to_none=True)
         out = model(video, mask=m, return_layers=(0, -1))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import (TimesformerConfig, TimesformerModel, VideoMAEConfig, VideoMAEModel, VivitConfig,
                           VivitModel)
 
-from pipeline.models.base import random_tube_mask
+from pipeline.data.masking import tube_mask
 from pipeline.models.checkpoint import CheckpointError
 from pipeline.models.convert import import_checkpoint
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
@@ -57,7 +57,7 @@ def test_videomae_parity_unmasked_and_masked(tmp_path, mean_pooling):
     ours, _ = convert(hf, tmp_path)
     assert ours.final_norm == ("none" if mean_pooling else "tokens")
     video = hf_clip()
-    mask = random_tube_mask(2, (2, 2, 2), 0.5, torch.Generator().manual_seed(0))
+    mask = tube_mask(2, (2, 2, 2), 0.5, torch.Generator().manual_seed(0))
     with torch.no_grad():
         for m in (None, mask):
             expected = hf(video, bool_masked_pos=m).last_hidden_state

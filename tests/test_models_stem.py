@@ -8,8 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.models import create_model
-from pipeline.data.masking import random_mask
-from pipeline.models.base import random_tube_mask
+from pipeline.data.masking import random_mask, tube_mask
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.layers import ConvStem, TubeletEmbed, frame_differences
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
@@ -68,7 +67,7 @@ def test_masked_encoding_never_sees_hidden_pixels(attention, stem, input_transfo
     model = tiny(attention, stem=stem, input_transform=input_transform, mask_mode=mask_mode)
     grid = model.token_grid(4, 32, 32)
     generator = torch.Generator().manual_seed(1)
-    mask = (random_tube_mask(2, grid, 0.75, generator) if masking == "tube"
+    mask = (tube_mask(2, grid, 0.75, generator) if masking == "tube"
             else random_mask(2, grid, 0.75, generator))
     video = clip()
     hidden = mask.view(2, 1, *grid, 1, 1, 1).float()  # (B, 1, t, h, w, 1, 1, 1)
@@ -88,7 +87,7 @@ def test_mask_token_encoding_is_the_plain_model_when_unmasked_and_learns_its_tok
     video = clip()
     with torch.no_grad():
         torch.testing.assert_close(tokened(video).tokens, plain(video).tokens)
-    mask = random_tube_mask(2, tokened.token_grid(4, 32, 32), 0.5)
+    mask = tube_mask(2, tokened.token_grid(4, 32, 32), 0.5)
     tokened(video, mask=mask).tokens.square().mean().backward()
     assert tokened.mask_token.grad.abs().sum() > 0
 
@@ -113,7 +112,7 @@ def test_frame_differences_by_hand_and_too_short_clips():
 @pytest.mark.parametrize("masked, mask_mode", [(False, "visible_only"), (True, "visible_only"), (True, "mask_token")])
 def test_conv_stem_flops_match_flop_counter_mode(masked, mask_mode):
     model = tiny(stem="conv", input_transform="frame_diff", mask_mode=mask_mode)
-    mask = random_tube_mask(1, model.token_grid(4, 32, 32), 0.75) if masked else None
+    mask = tube_mask(1, model.token_grid(4, 32, 32), 0.75) if masked else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(clip(batch=1), mask=mask)
     assert model.flops(4, 32, 32, mask=mask) == counter.get_total_flops()

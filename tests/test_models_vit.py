@@ -8,9 +8,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.models import create_model
+from pipeline.data.masking import tube_mask
 from pipeline.models.attention import MIXERS, TokenLayout, fit_window
 from pipeline.models.backbones.vit import ATTENTIONS
-from pipeline.models.base import VideoBackbone, is_tube_mask, random_tube_mask
+from pipeline.models.base import VideoBackbone, is_tube_mask
 from pipeline.models.checkpoint import load_backbone, save_backbone
 from pipeline.models.layers import resize_pos_grid
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
@@ -98,7 +99,7 @@ def test_feature_map_puts_tokens_on_their_grid():
     assert fmap.shape == (2, 32, 2, 4, 4)
     assert torch.equal(fmap[1, :, 1, 2, 3], out.tokens[1, 16 + 2 * 4 + 3])
     with pytest.raises(ValueError, match="visible-only output"):
-        tiny("joint")(clip(), mask=random_tube_mask(2, (2, 4, 4), 0.5)).feature_map()
+        tiny("joint")(clip(), mask=tube_mask(2, (2, 4, 4), 0.5)).feature_map()
 
 
 def test_factorised_layers_span_spatial_then_temporal_blocks():
@@ -112,7 +113,7 @@ def test_factorised_layers_span_spatial_then_temporal_blocks():
 def test_flop_count_matches_flop_counter_mode(attention, masked):
     model = tiny(attention, cls_token=attention in ("joint", "divided"))
     grid = model.token_grid(4, 32, 32)
-    mask = random_tube_mask(1, grid, 0.75) if masked else None
+    mask = tube_mask(1, grid, 0.75) if masked else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(clip(batch=1), mask=mask)
     assert model.flops(4, 32, 32, mask=mask) == counter.get_total_flops()
@@ -120,19 +121,19 @@ def test_flop_count_matches_flop_counter_mode(attention, masked):
 
 def test_measured_default_flops_of_the_base_class_agree_with_the_analytic_count():
     model = tiny("sparse")
-    mask = random_tube_mask(1, (2, 4, 4), 0.5)
+    mask = tube_mask(1, (2, 4, 4), 0.5)
     assert VideoBackbone.flops(model, 4, 32, 32, mask=mask) == model.flops(4, 32, 32, mask=mask)
 
 
-def test_random_tube_mask_hides_the_same_positions_in_every_frame():
-    mask = random_tube_mask(3, (4, 5, 6), 0.9, torch.Generator().manual_seed(0))
+def test_tube_mask_hides_the_same_positions_in_every_frame():
+    mask = tube_mask(3, (4, 5, 6), 0.9, torch.Generator().manual_seed(0))
     assert mask.shape == (3, 120) and is_tube_mask(mask, (4, 5, 6))
     assert mask.sum(1).tolist() == [4 * 27] * 3 and not torch.equal(mask[0], mask[1])
 
 
 def test_flops_of_masked_joint_encoding_shrink_with_the_visible_tokens():
     model = create_model("vit_small_joint")
-    mask = random_tube_mask(1, model.base_grid, 0.9)
+    mask = tube_mask(1, model.base_grid, 0.9)
     ratio = model.flops(16, 224, 224) / model.flops(16, 224, 224, mask=mask)
     assert ratio > 9  # attention is quadratic, projections linear: more than 1 / 0.1 after the embedding
 
@@ -149,7 +150,7 @@ def test_masks_that_a_model_cannot_encode_raise():
             tiny(attention)(video, mask=random)
     for attention in ("joint", "sparse"):
         assert tiny(attention)(video, mask=random).tokens.shape == (2, 16, 32)
-    uneven = random_tube_mask(2, grid, 0.5)
+    uneven = tube_mask(2, grid, 0.5)
     uneven[0, 0] = ~uneven[0, 0]
     with pytest.raises(ValueError, match="same number of hidden tokens"):
         tiny("joint")(video, mask=uneven)
@@ -163,7 +164,7 @@ def test_visible_only_tokens_match_encoding_the_visible_tokens_directly():
     """Joint attention over the visible tokens = running the blocks on the gathered tokens."""
     model = tiny("joint")
     video = clip()
-    mask = random_tube_mask(2, (2, 4, 4), 0.5)
+    mask = tube_mask(2, (2, 4, 4), 0.5)
     out = model(video, mask=mask)
     x = (model.patch_embed(video) + model.pos_embed)[~mask].view(2, -1, 32)
     for blk in model.blocks:

@@ -43,7 +43,7 @@ def test_written_masks_are_palette_pngs_with_davis_colours(tmp_path):
     assert image.mode == "P"
     rgb = np.asarray(image.convert("RGB"))
     assert tuple(rgb[5, 5]) == (128, 0, 0) and tuple(rgb[17, 0]) == (0, 128, 0)
-    assert davis.davis_palette()[3 * 3:3 * 4] == [128, 128, 0]
+    assert davis.davis_palette()[3 * 3:3 * 4] == (128, 128, 0)
 
 
 def test_write_masks_replaces_a_sequence_whole_and_leaves_no_temporaries(tmp_path):

@@ -54,6 +54,7 @@ def random_mask(batch: int, grid: Grid, ratio: float, generator: torch.Generator
 
 
 def tube_mask(batch: int, grid: Grid, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+    """(B, N) bool: round(ratio * h * w) random spatial positions hidden in every frame."""
     t, h, w = grid
     spatial = _hide_lowest(torch.rand(batch, h * w, generator=generator), round(ratio * h * w))
     return spatial.repeat(1, t)

@@ -29,8 +29,6 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from pipeline.data.masking import tube_mask
-
 MaskMode = Literal["visible_only", "mask_token"]
 
 
@@ -122,13 +120,6 @@ def restore_order(mask: Tensor) -> Tensor:
     """
     ids_shuffle = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
     return torch.argsort(ids_shuffle, dim=1)
-
-
-def random_tube_mask(batch: int, grid: tuple[int, int, int], ratio: float,
-                     generator: torch.Generator | None = None) -> Tensor:
-    """(B, N) bool: round(ratio * h * w) random spatial positions hidden in every frame (the
-    loader's tube masker, pipeline/data/masking.py)."""
-    return tube_mask(batch, grid, ratio, generator)
 
 
 def is_tube_mask(mask: Tensor, grid: tuple[int, int, int]) -> bool:

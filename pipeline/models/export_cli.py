@@ -31,6 +31,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from pipeline.config import DataConfig
 from pipeline.durable import fsync_dir, fsync_file, replace_folder
 from pipeline.models.backbones.vit import VideoViT
 from pipeline.models.base import VideoBackbone
@@ -113,7 +114,7 @@ def model_card(model: VideoViT, source: Source, hf: HFModel, notes: list[str], o
         trained = run.get("objective", {}).get("name", "?")
         if trained == "videomae":
             trained += f" ({data.get('mask_type')} mask, ratio {data.get('mask_ratio')})"
-    mean, std = data.get("mean", (0.485, 0.456, 0.406)), data.get("std", (0.229, 0.224, 0.225))
+    mean, std = data.get("mean", DataConfig().mean), data.get("std", DataConfig().std)
     rows = [("transformers class", f"`{hf.architecture}` (model_type `{hf.model_type}`)"),
             ("vssl architecture", f"`{cfg['name']}`: {cfg['attention']} attention, width {cfg['embed_dim']}, "
                                   f"depth {cfg['depth']}, {cfg['num_heads']} heads, tubelet {pt}x{ph}x{pw}, "

@@ -11,6 +11,7 @@ import copy
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from pipeline.config import LatentNorm, Target
@@ -19,21 +20,15 @@ from pipeline.models.layers import frame_differences
 
 def patchify(video: Tensor, patch: tuple[int, int, int]) -> Tensor:
     """(B, C, T, H, W) -> (B, N, pt*ph*pw*C) in (t, h, w) grid order."""
-    b, c, t, h, w = video.shape
     pt, ph, pw = patch
-    x = video.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw)
-    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
-    return x.reshape(b, (t // pt) * (h // ph) * (w // pw), pt * ph * pw * c)
+    return rearrange(video, "b c (t pt) (h ph) (w pw) -> b (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw)
 
 
 def unpatchify(x: Tensor, patch: tuple[int, int, int], grid: tuple[int, int, int], channels: int) -> Tensor:
     """Inverse of `patchify`: (B, N, pt*ph*pw*C) -> (B, C, T, H, W)."""
-    b = x.shape[0]
-    pt, ph, pw = patch
-    t, h, w = grid
-    x = x.reshape(b, t, h, w, pt, ph, pw, channels)
-    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, channels, t * pt, h * ph, w * pw)
+    (pt, ph, pw), (t, h, w) = patch, grid
+    return rearrange(x, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
+                     t=t, h=h, w=w, pt=pt, ph=ph, pw=pw, c=channels)
 
 
 def normalize_patches(patches: Tensor, channels: int, eps: float = 1e-6) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
@@ -26,7 +27,6 @@ from pipeline.objectives.common import (EMATargetMixin, display_stats, ema_copy,
                                         latent_targets, linear_flops, log_precision, normalize_patches, patchify,
                                         picture_rows, sincos_pos_embed, target_video, to_uint8_frames, transformer,
                                         transformer_flops, unpatchify, upsample_tokens)
-from pipeline.objectives.videomae import IMAGENET_MEAN, IMAGENET_STD
 
 
 def causal_time_mask(times: Tensor) -> Tensor:
@@ -37,7 +37,8 @@ def causal_time_mask(times: Tensor) -> Tensor:
 
 class NextFramePredictive(EMATargetMixin, nn.Module):
     def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+                 mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+                 std: tuple[float, ...] = IMAGENET_DEFAULT_STD) -> None:
         super().__init__()
         self.encoder, self.cfg, self.channels = encoder, cfg, channels
         self.mean, self.std = tuple(mean), tuple(std)

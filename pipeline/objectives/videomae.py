@@ -39,6 +39,7 @@ import math
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
@@ -51,13 +52,10 @@ from pipeline.objectives.common import (EMATargetMixin, display_stats, ema_copy,
 from pipeline.data.masking import running_cell_from_phase
 from pipeline.objectives.guided_masking import guided_tube_mask
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 class VideoMAE(EMATargetMixin, nn.Module):
     def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+                 mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+                 std: tuple[float, ...] = IMAGENET_DEFAULT_STD) -> None:
         super().__init__()
         self.encoder, self.cfg, self.channels = encoder, cfg, channels
         self.mean, self.std = tuple(mean), tuple(std)

@@ -23,6 +23,7 @@ folder and renames it into place.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -51,10 +52,11 @@ class DavisSequence:
     frame_names: list[str]  # file stems, "00000", "00001", ...
 
 
-def davis_palette() -> list[int]:
+@functools.cache
+def davis_palette() -> tuple[int, ...]:
     """The PASCAL VOC / DAVIS palette as PIL wants it, flat [r0, g0, b0, r1, ...]: id 0 black,
     1 (128, 0, 0), 2 (0, 128, 0), 3 (128, 128, 0), ...; bits 0, 1, 2 of the id set the top bit of
-    red, green, blue, bits 3, 4, 5 the next one down, and so on."""
+    red, green, blue, bits 3, 4, 5 the next one down, and so on. Also what `vssl synth` writes."""
     palette = []
     for index in range(256):
         rgb = [0, 0, 0]
@@ -62,7 +64,7 @@ def davis_palette() -> list[int]:
             for channel in range(3):
                 rgb[channel] |= ((index >> (3 * level + channel)) & 1) << (7 - level)
         palette.extend(rgb)
-    return palette
+    return tuple(palette)
 
 
 def sequence_names(root: str | Path, split: str = "val", year: str = "2017") -> list[str]:

@@ -25,13 +25,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 
 from pipeline.models.base import BackboneOutput, VideoBackbone
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def tokens_to_grid(out: BackboneOutput) -> Tensor:
     """(B, N, D) tokens on grid (t, h, w) -> (B, D, t, h, w). Needs every token (no visible-only mask)."""
@@ -43,8 +40,8 @@ def tokens_to_grid(out: BackboneOutput) -> Tensor:
     return out.tokens.transpose(1, 2).reshape(batch, dim, t, h, w)
 
 
-def to_model_input(frames: np.ndarray | Tensor, mean: tuple[float, ...] = IMAGENET_MEAN,
-                   std: tuple[float, ...] = IMAGENET_STD) -> Tensor:
+def to_model_input(frames: np.ndarray | Tensor, mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+                   std: tuple[float, ...] = IMAGENET_DEFAULT_STD) -> Tensor:
     """uint8 frames (T, H, W, 3) -> float (T, 3, H, W), scaled to [0, 1] then (x - mean) / std."""
     x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float().div_(255)
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
