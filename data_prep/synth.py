@@ -40,6 +40,7 @@ from typing import Any, Callable
 from data_prep.synth_export import DAVIS_SETS_DIR, X264_PRESET, X264_THREADS, VideoEntry, write_video
 from data_prep.synth_render import CLASSES, NOISE_GRID, DrawingRanges, render_video, sample_params
 from pipeline.config import ConfigError
+from pipeline.durable import replace_folder
 
 SYNTH_VERSION = 2
 SPLITS = ("train", "val")
@@ -238,24 +239,6 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> None:
             raise ConfigError(f"synth.out: {out_dir} has no synth.json, so --overwrite will not replace it")
 
 
-def _install(partial_dir: Path, out_dir: Path) -> None:
-    """Move the finished dataset to `out_dir`, replacing an earlier one only now."""
-    old = None
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        old = out_dir.with_name(f"{partial_dir.name}.old")
-        out_dir.rename(old)
-    elif out_dir.is_dir():
-        out_dir.rmdir()
-    try:
-        partial_dir.rename(out_dir)
-    except OSError:
-        if old is not None:
-            old.rename(out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def generate(out_dir: str | Path, config: SynthConfig | None = None, *, workers: int = 1,
              overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
              **settings: Any) -> SynthSummary:
@@ -281,7 +264,7 @@ def generate(out_dir: str | Path, config: SynthConfig | None = None, *, workers:
         results = _run_videos(config, partial_dir, workers, progress)
         entries = [entry for entry, _ in results]
         write_index_files(partial_dir, config, entries)
-        _install(partial_dir, out_dir)
+        replace_folder(partial_dir, out_dir)
     except BaseException:
         shutil.rmtree(partial_dir, ignore_errors=True)
         raise
