@@ -63,7 +63,7 @@ from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
 from pipeline.data.shard_format import Manifest, SampleMeta, ShardEntry, sha256_file, shard_name
 from pipeline.data.transforms import MULTISCALE_OFFSETS, MULTISCALE_SCALES
-from tests.s3_testlib import local_s3
+from pipeline.testing.s3server import local_s3
 
 WORKERS = 2
 FRAMES, STRIDE, VIDEO_FRAMES = 16, 4, 64

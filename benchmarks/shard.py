@@ -26,7 +26,7 @@ and, for reference, copy-mode videos/s and speedup, and the one-off worker start
 warm-up run absorbs before the timed runs.
 
 The S3 runs read the same videos from, and write the shards to, an S3-compatible server on
-127.0.0.1 (moto's, tests/s3_testlib.py; started here, in its own process). s3_vs_local is what
+127.0.0.1 (moto's, pipeline/testing/s3server.py; started here, in its own process). s3_vs_local is what
 object storage costs on this machine, the server's own CPU on the same 2 cores included (moto
 spends ~15-20 ms of CPU per request; a real store is another machine); s3_vs_local_cpu is what it
 costs vssl (requests, staging files, uploads, journal chunks). Both null without moto. The warm-up
@@ -56,7 +56,7 @@ from data_prep.ray_pool import LOCAL_SYSTEM_CONFIG
 from data_prep.shard_run import shard_dataset
 from data_prep.listing import list_inputs
 from pipeline.config import ShardConfig
-from tests.s3_testlib import local_s3
+from pipeline.testing.s3server import local_s3
 
 SIZE, FRAMES, FPS = (240, 320), 96, 25.0
 TRANSCODE = {"transcode": True, "short_side": 128, "gop": 16, "crf": 23, "preset": "veryfast"}

@@ -11,10 +11,10 @@ import pytest
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1 for the session (tests/s3_testlib.py); its endpoint and dummy
+    """moto's S3 server on 127.0.0.1 for the session (pipeline/testing/s3server.py); its endpoint and dummy
     keys are in os.environ meanwhile, and storage retries are short (4 tries from 0.1 s)."""
     from pipeline import storage
-    from tests.s3_testlib import S3Server
+    from pipeline.testing.s3server import S3Server
 
     server = S3Server()
     patch = pytest.MonkeyPatch()

@@ -149,7 +149,7 @@ def same_dataset(a: Path, b: Path) -> None:
 
 
 def same_on_store(local: Path, server, url: str) -> None:
-    """The dataset at `url` (on tests/s3_testlib.py's server) is byte for byte the local one."""
+    """The dataset at `url` (on pipeline/testing/s3server.py's server) is byte for byte the local one."""
     objects = server.objects(url)
     assert {n: b for n, b in objects.items() if n.endswith(".tar")} == shard_bytes(local)
     assert objects["quarantine.jsonl"] == (local / "quarantine.jsonl").read_bytes()

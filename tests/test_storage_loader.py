@@ -1,4 +1,4 @@
-"""The loader streaming shards from a real S3 server (moto's, tests/s3_testlib.py): the same batches
+"""The loader streaming shards from a real S3 server (moto's, pipeline/testing/s3server.py): the same batches
 as from local shards, exact mid-epoch resume, the shard cache, retries while the server is down,
 and one-line failures (missing bucket, wrong credentials, a server that stays down)."""
 

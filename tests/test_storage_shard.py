@@ -1,4 +1,4 @@
-"""`vssl shard` in and out of object storage, against a real S3 server (moto's, tests/s3_testlib.py):
+"""`vssl shard` in and out of object storage, against a real S3 server (moto's, pipeline/testing/s3server.py):
 the same bytes as a local run, quarantine of missing objects, and the commit protocol under a
 killed run and a store that goes away (shard_format.py's docstring)."""
 

@@ -1,4 +1,7 @@
-"""A real S3-compatible HTTP server for the tests: moto's, in a child process on 127.0.0.1.
+"""A real S3-compatible HTTP server for tests and benchmarks: moto's, in a child process on 127.0.0.1.
+Needs moto[server] (the dev extra); local_s3 yields None without it.
+
+    from pipeline.testing.s3server import S3Server, local_s3
 
     server = S3Server()                  # started; server.env() holds AWS_ENDPOINT_URL and dummy keys
     server.make_bucket("data")
@@ -29,7 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding pipeline/, for the child's -m
 KEYS = {"AWS_ACCESS_KEY_ID": "vssl-test-key", "AWS_SECRET_ACCESS_KEY": "vssl-test-secret",
         "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -44,8 +47,9 @@ class S3Server:
     def __init__(self) -> None:
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self._proc = subprocess.Popen([sys.executable, "-m", "tests.s3_testlib", str(self.port)], cwd=ROOT, env=env,
+        path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
+        self._proc = subprocess.Popen([sys.executable, "-m", "pipeline.testing.s3server", str(self.port)],
+                                      env={**os.environ, "PYTHONPATH": path},
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._expect("ready")
         self._client = None
