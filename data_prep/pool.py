@@ -67,6 +67,39 @@ def _worker_main(conn: Connection, fn: Callable, args: tuple, preload: tuple[str
             return
 
 
+class InOrder:
+    """The bookkeeping of an ordered map: tasks numbered as they are taken from `tasks`, and
+    (task, result) pairs handed out in that order as `results[number]` fill in."""
+
+    def __init__(self, tasks: Iterable[T]):
+        self._source = iter(tasks)
+        self._tasks: dict[int, T] = {}
+        self.results: dict[int, Any] = {}
+        self.taken = self.given = 0
+        self.exhausted = False
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks taken and not yet handed out (running, or done and waiting for an earlier one)."""
+        return self.taken - self.given
+
+    def take(self) -> tuple[int, T] | None:
+        """(number, task) of the next task, or None once there are no more."""
+        task = next(self._source, _END)
+        if task is _END:
+            self.exhausted = True
+            return None
+        self._tasks[self.taken] = task
+        self.taken += 1
+        return self.taken - 1, task
+
+    def ready(self) -> Iterator[tuple[T, Any]]:
+        """The pairs whose turn it is."""
+        while self.given in self.results:
+            yield self._tasks.pop(self.given), self.results.pop(self.given)
+            self.given += 1
+
+
 class _Worker:
     def __init__(self, ctx: Any, fn: Callable, args: tuple, preload: tuple[str, ...]):
         self.conn, child = ctx.Pipe(duplex=True)
@@ -140,49 +173,37 @@ class KillablePool:
 
     def map(self, tasks: Iterable[T], ahead: int = 0) -> Iterator[tuple[T, Any]]:
         """(task, result) pairs in task order; result is fn(task, *args) or a TaskFailed."""
-        source = iter(tasks)
+        order = InOrder(tasks)
         ahead = ahead or 4 * len(self._workers)
-        waiting: dict[int, T] = {}
-        results: dict[int, Any] = {}
         idle = list(self._workers)
         busy: dict[Connection, _Worker] = {}
-        submitted = yielded = 0
-        exhausted = False
         while True:
-            while idle and not exhausted and submitted - yielded < ahead:
-                task = next(source, _END)
-                if task is _END:
-                    exhausted = True
-                    break
-                waiting[submitted] = task
-                worker = self._submit(idle.pop(), submitted, task, results)
-                if worker.seq == submitted:
+            while idle and order.outstanding < ahead and (taken := order.take()) is not None:
+                worker = self._submit(idle.pop(), *taken, order.results)
+                if worker.seq == taken[0]:
                     busy[worker.conn] = worker
                 else:
                     idle.append(worker)
-                submitted += 1
-            while yielded in results:
-                yield waiting.pop(yielded), results.pop(yielded)
-                yielded += 1
+            yield from order.ready()
             if not busy:
-                if exhausted:
+                if order.exhausted:
                     return
                 continue
             deadline = min(w.started for w in busy.values()) + self._timeout
             for conn in wait(list(busy), timeout=max(0.0, deadline - time.monotonic())):
                 worker = busy.pop(conn)
                 try:
-                    results[worker.seq] = conn.recv()
+                    order.results[worker.seq] = conn.recv()
                     idle.append(worker)
                 except (EOFError, OSError):
-                    results[worker.seq] = TaskFailed(worker.death())
+                    order.results[worker.seq] = TaskFailed(worker.death())
                     idle.append(self._replace(worker))
             now = time.monotonic()
             for conn, worker in list(busy.items()):
                 if now - worker.started >= self._timeout:
                     del busy[conn]
                     worker.kill()
-                    results[worker.seq] = TaskFailed(f"timeout after {self._timeout:g}s")
+                    order.results[worker.seq] = TaskFailed(f"timeout after {self._timeout:g}s")
                     idle.append(self._replace(worker))
 
     def close(self) -> None:

@@ -35,10 +35,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from data_prep.pool import START_TIMEOUT_S, KillablePool
+from data_prep.pool import START_TIMEOUT_S, InOrder, KillablePool
 
 T = TypeVar("T")
-_END = object()
 _ENV_PREFIXES = ("VSSL_", "AWS_", "FSSPEC_")
 _RETRIES = 2  # Ray runs a task again this many times when its worker or node dies
 # Ray runs workers at nice 15 by default, below the driver and anything else on the machine; here the
@@ -120,36 +119,27 @@ class RayPool:
     def map(self, tasks: Iterable[T], ahead: int = 0) -> Iterator[tuple[T, Any]]:
         """(task, result) pairs in task order; result is fn(task, *args) or a TaskFailed."""
         ray = self._ray
-        source, ahead = iter(tasks), ahead or 4 * self._workers
-        waiting: dict[int, T] = {}
-        results: dict[int, Any] = {}
+        order, ahead = InOrder(tasks), ahead or 4 * self._workers
         running = self._running  # object ref -> (task number, sent at)
-        submitted = yielded = 0
-        exhausted = False
         while True:
-            while len(running) < 2 * self._workers and not exhausted and submitted - yielded < ahead:
-                task = next(source, _END)
-                if task is _END:
-                    exhausted = True
+            while len(running) < 2 * self._workers and order.outstanding < ahead:
+                if (taken := order.take()) is None:
                     break
-                waiting[submitted] = task
-                running[self._submit(task)] = (submitted, time.monotonic())
-                submitted += 1
-            while yielded in results:
-                yield waiting.pop(yielded), results.pop(yielded)
-                yielded += 1
+                running[self._submit(taken[1])] = (taken[0], time.monotonic())
+            yield from order.ready()
             if not running:
-                if exhausted:
+                if order.exhausted:
                     return
                 continue
             oldest = min(sent for _, sent in running.values())
-            done, _ = ray.wait(list(running), num_returns=1, timeout=max(0.0, oldest + self._patience - time.monotonic()))
+            wait_s = max(0.0, oldest + self._patience - time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
             if not done:
                 raise RayPoolError(f"a Ray worker gave no reply within {self._patience:g}s; "
                                    f"re-run the same command to resume")
             seq, _ = running.pop(done[0])
             try:
-                results[seq] = ray.get(done[0])
+                order.results[seq] = ray.get(done[0])
             except ray.exceptions.RayTaskError as e:  # _run itself failed (the pool catches fn's errors)
                 raise RayPoolError(f"a Ray worker cannot run the work ({_first_line(e.cause)})") from None
             except ray.exceptions.RayError as e:  # the Ray worker or its node died, not the input

@@ -95,7 +95,8 @@ class Summary:
                          + (f"; {self.skipped} already done by an earlier run" if self.skipped else ""))
         lines += [f"  quarantine: {count} x {reason}" for reason, count in self.reasons.most_common(8)]
         if self.node:
-            lines.append("  no manifest yet: run the same command with --merge (not --node-rank) once every node is done")
+            lines.append("  no manifest yet: once every node is done, run the same command with --merge "
+                         "instead of --node-rank")
         return lines
 
 
@@ -250,10 +251,11 @@ def merge_nodes(listing: Listing, out: str | Path, cfg: ShardConfig, count: int,
             quarantine += [r for s in mine if s.name in done for r in quarantined[s.name]]
             missing += [(s.name, rank) for s in mine if s.name not in done]
         if missing:
-            names = ", ".join(name for name, _ in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+            names = ", ".join(name for name, _ in missing[:6]) + (f" and {len(missing) - 6} more" * (len(missing) > 6))
             ranks = ", ".join(str(r) for r in sorted({rank for _, rank in missing}))
             raise ShardRunError(f"{output}: {len(missing)} of {len(plan)} planned shards missing ({names}) from "
-                                f"node ranks {ranks}; re-run those nodes (same command, --node-rank R), then merge again")
+                                f"node ranks {ranks}; re-run those nodes (same command, --node-rank R), "
+                                f"then merge again")
         with uninterrupted():
             manifest = write_dataset(output, listing, shards, quarantine, cfg, list(command or []), inputs)
     finally:

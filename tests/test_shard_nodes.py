@@ -99,7 +99,8 @@ def test_merge_of_other_options_and_node_flags_are_refused_in_one_line(kinetics,
                           (["--merge"], "--merge: needs --num-nodes"),
                           (["--num-nodes", "2"], "give --node-rank R (a node's share) or --merge"),
                           (["--num-nodes", "2", "--node-rank", "2"], "--node-rank: must be in 0..1"),
-                          (["--num-nodes", "2", "--node-rank", "0", "--overwrite"], "--overwrite: not with --num-nodes"),
+                          (["--num-nodes", "2", "--node-rank", "0", "--overwrite"],
+                           "--overwrite: not with --num-nodes"),
                           (["--ray-address", "auto"], "set shard.backend=ray")]:
         assert main(kinetics_args(kinetics, tmp_path / "other", 1, *extra)) == 2
         err = capsys.readouterr().err.strip()
