@@ -14,7 +14,7 @@ from pipeline.config import PretrainConfig, load_config
 from pipeline.train import checkpoint as ck
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import TrainingError, train
-from tests.train_testlib import ROOT, env, losses, pretrain_cmd, run, tiny_recipe, tiny_shards
+from tests.train_testlib import ROOT, env, losses, nan_losses, pretrain_cmd, run, tiny_recipe, tiny_shards
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +76,19 @@ def test_crash_during_checkpoint_write_falls_back(tmp_path, shards):
     assert not list((out / "checkpoints").glob("*.tmp"))
 
 
-def test_nonfinite_loss_stops_before_a_poisoned_checkpoint(tmp_path, shards, monkeypatch):
+def test_nonfinite_loss_stops_before_a_poisoned_checkpoint(tmp_path, shards):
     recipe = tiny_recipe(tmp_path / "r.yaml", shards, tmp_path / "out")
-    monkeypatch.setenv("VSSL_FAULT_NAN_STEPS", "3,3,3")
     cfg = load_config(PretrainConfig, recipe, ["train.max_nonfinite_retries=2"])
     with pytest.raises(TrainingError, match=r"step 3: loss or gradient non-finite 3 times"):
-        train(cfg, build_objective, build_train_loader)
+        train(cfg, nan_losses(build_objective, [4, 5, 6]), build_train_loader)
     folder = ck.latest_checkpoint(tmp_path / "out" / "checkpoints")
     assert folder.name == "step-000002"
     assert all(torch.isfinite(v).all() for v in ck.load_model_state(folder).values())
 
 
-def test_one_nonfinite_step_is_skipped_and_training_goes_on(tmp_path, shards, monkeypatch):
+def test_one_nonfinite_step_is_skipped_and_training_goes_on(tmp_path, shards):
     recipe = tiny_recipe(tmp_path / "r.yaml", shards, tmp_path / "out")
-    monkeypatch.setenv("VSSL_FAULT_NAN_STEPS", "3")
-    result = train(load_config(PretrainConfig, recipe), build_objective, build_train_loader)
+    result = train(load_config(PretrainConfig, recipe), nan_losses(build_objective, [4]), build_train_loader)
     assert result.step == 6
     final = ck.load_model_state(ck.latest_checkpoint(tmp_path / "out" / "checkpoints"))
     assert all(torch.isfinite(v).all() for v in final.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -88,6 +89,23 @@ class BothRanks:
 
     def stats(self):
         return {"skipped_total": 0, "skipped": {}}
+
+
+def nan_losses(build_objective, calls: list[int]):
+    """`build_objective`, its objective's loss made NaN on the forward calls numbered in `calls`
+    (from 1). With train.grad_accum 1, call k + 1 is the first try after k steps and a retried step
+    takes the next calls: [4, 5, 6] makes the step after step 3 non-finite three times running."""
+    def build(cfg):
+        objective = build_objective(cfg)
+        forward, count, poisoned = objective.forward, itertools.count(1), set(calls)
+
+        def nan_forward(batch):
+            loss, logs = forward(batch)
+            return (loss * float("nan") if next(count) in poisoned else loss), logs
+
+        objective.forward = nan_forward
+        return objective
+    return build
 
 
 def assert_same_weights(mine: dict, reference: dict, rtol: float = 1e-4, atol: float = 1e-5) -> None:

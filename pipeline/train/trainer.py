@@ -35,7 +35,6 @@ from pipeline.train.monitor import Monitor, warn
 from pipeline.train.online_eval import OnlineEval
 from pipeline.train.optim import build_optimizer, cosine_lr, set_lr
 
-FAULT_NAN_STEPS = "VSSL_FAULT_NAN_STEPS"  # test hook: steps whose loss becomes NaN, once per mention
 FAULT_CRASH_IN_SAVE = "VSSL_FAULT_CRASH_IN_SAVE"  # test hook: die mid-write of this step's checkpoint
 DEEPSPEED_TAG = "deepspeed"  # sub-folder of a checkpoint holding DeepSpeed's engine state
 STOP_FILE_ENV = "VSSL_STOP_FILE"  # a path: once it exists, checkpoint and exit at the next step
@@ -53,11 +52,6 @@ class TrainResult:
     output_dir: Path
     resumed_from: int | None
     data_skipped: dict[str, int]  # samples the loader skipped, by reason
-
-
-def _nan_steps() -> list[int]:
-    text = os.environ.get(FAULT_NAN_STEPS, "")
-    return [int(s) for s in text.split(",") if s.strip()]
 
 
 def _from_collective(e: BaseException) -> bool:
@@ -256,7 +250,6 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
     monitor = Monitor(cfg, acc, objective, resumed_from=step, zero3=engine.zero_stage == 3)
     online = OnlineEval(cfg, objective) if tc.eval_every else None
     after_step = getattr(objective, "after_step", None)
-    nan_steps = _nan_steps()
     stop = _StopRequest()
     loader.set_epoch(state["epoch"])
     batches = iter(loader)
@@ -283,11 +276,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
 
     def forward(batch):
         with engine.precision.autocast():
-            loss, logs = compiled(batch)
-        if step in nan_steps:
-            nan_steps.remove(step)
-            loss = loss * float("nan")
-        return loss, logs
+            return compiled(batch)
 
     def micro_steps():
         """Forward and backward of train.grad_accum batches -> (mean loss, logs, last batch, wait,

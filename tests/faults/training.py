@@ -13,7 +13,6 @@ A lost peer in a two-process job: tests/faults/distributed.py.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -27,9 +26,10 @@ import torch
 
 from pipeline.cli import main
 from pipeline.train import checkpoint as ck
-from pipeline.train.trainer import FAULT_CRASH_IN_SAVE, FAULT_NAN_STEPS
+from pipeline.train import pretrain_cli
+from pipeline.train.trainer import FAULT_CRASH_IN_SAVE
 from tests.faults.tally import Report, one_line_error
-from tests.train_testlib import ROOT, env, losses, pretrain_cmd, tiny_recipe, tiny_shards
+from tests.train_testlib import ROOT, env, losses, nan_losses, pretrain_cmd, tiny_recipe, tiny_shards
 
 STEPS = 8  # checkpoints every 2 steps (the tiny recipe's)
 RUN_LIMIT_S = 120
@@ -172,13 +172,14 @@ def nonfinite_loss(setup: TrainSetup) -> Report:
     report.inputs_tried = 1
     out = setup.tmp / "nan"
     stderr = StringIO()
-    os.environ[FAULT_NAN_STEPS] = "3,3,3"
+    real_build = pretrain_cli.build_objective
+    pretrain_cli.build_objective = nan_losses(real_build, [4, 5, 6])  # after step 3, three times
     try:
         with redirect_stderr(stderr):
             code = main(["pretrain", str(setup.recipe), "--set", f"train.output_dir={out}",
                          "--set", "train.max_nonfinite_retries=2"])
     finally:
-        del os.environ[FAULT_NAN_STEPS]
+        pretrain_cli.build_objective = real_build
     fault = "NaN loss at step 3, three times"
     line = one_line_error(stderr.getvalue(), ERROR)
     report.check(fault, code == 1 and line is not None and "non-finite 3 times" in line,
