@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.tasks.evaluate import evaluate
-from pipeline.tasks.finetune import finetune, make_objective, make_optimizer, prepare, build_task_model
+from pipeline.tasks.finetune import finetune, make_task_loss, make_optimizer, prepare, build_task_model
 from pipeline.train import checkpoint as ck
 from tests.finetune_testlib import one_thread, tiny_config, tiny_dataset  # noqa: F401 (fixture)
 
@@ -75,12 +75,12 @@ def test_layer_decay_reaches_the_optimizer_and_probes_train_only_the_head(tmp_pa
     cfg = tiny_config(shards, tmp_path, task={"layer_decay": 0.5})
     recorded, encoder = prepare(cfg)
     assert recorded.task.num_classes == 5  # from the manifest's classes
-    optimizer = make_optimizer(make_objective(recorded, build_task_model(recorded, encoder)), recorded)
+    optimizer = make_optimizer(make_task_loss(recorded, build_task_model(recorded, encoder)), recorded)
     scales = {g["layer_id"]: g["lr_scale"] for g in optimizer.param_groups}
     assert scales == {i: 0.5 ** (3 - i) for i in range(4)}  # 2 blocks: layers 0..3, head = 3
     probe = tiny_config(shards, tmp_path, task={"freeze_encoder": True})
     recorded, encoder = prepare(probe)
-    optimizer = make_optimizer(make_objective(recorded, build_task_model(recorded, encoder)), recorded)
+    optimizer = make_optimizer(make_task_loss(recorded, build_task_model(recorded, encoder)), recorded)
     names = [n for g in optimizer.param_groups for n in g["param_names"]]
     assert names and all(n.startswith("head.") for n in names)
 

@@ -21,7 +21,7 @@ from pipeline.models import create_model
 from pipeline.models.build import load_encoder
 from pipeline.objectives.predictive import NextFramePredictive
 from pipeline.objectives.videomae import VideoMAE
-from pipeline.tasks.finetune import build_task_model, make_objective
+from pipeline.tasks.finetune import build_task_model, make_task_loss
 from pipeline.train import checkpoint as ck
 from pipeline.train.build import build_objective
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
@@ -100,7 +100,7 @@ def test_task_heads_train_every_parameter(backbone, kind, head, freeze):
     task = TaskConfig(kind=kind, head=head, freeze_encoder=freeze, num_classes=3,
                       template_size=encoder.output_stride[1])
     cfg = FinetuneConfig(data=DataConfig(num_frames=FRAMES, crop_size=size, mask_type="none"), task=task)
-    model = make_objective(cfg, build_task_model(cfg, encoder)).train()
+    model = make_task_loss(cfg, build_task_model(cfg, encoder)).train()
     video = torch.randn(2, 3, FRAMES, size, size)
     batch = {"video": video, "label": torch.tensor([0, 2]), "key": ["a", "b"],
              "masks": torch.randint(0, 3, (2, FRAMES, size, size)),

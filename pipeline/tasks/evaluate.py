@@ -54,7 +54,7 @@ from pipeline.objectives.common import to_uint8_frames
 from pipeline.train import checkpoint as run_checkpoint
 from pipeline.train.engine import evaluation_autocast
 
-OBJECTIVE_PREFIX = "model."  # the finetune objective holds the TaskModel as `model`
+TASK_MODEL_PREFIX = "model."  # the task loss module holds the TaskModel as `model`
 # task fields the recipe decides at evaluation; every other one comes from the checkpoint
 EVAL_FIELDS = ("eval_split", "pictures", "davis_root", "davis_split", "propagation_context",
                "propagation_topk", "propagation_temperature", "propagation_radius", "propagation_scale")
@@ -76,8 +76,8 @@ def load_finetuned(checkpoint: str | Path) -> tuple[FinetuneConfig, TaskModel, P
     encoder = build_model({"name": cfg.model.name, **cfg.model.overrides}, str(folder))
     model = build_task_model(cfg, encoder)
     weights = folder / "model.safetensors"
-    state = {k[len(OBJECTIVE_PREFIX):]: v for k, v in read_safetensors(weights).items()
-             if k.startswith(OBJECTIVE_PREFIX)}
+    state = {k[len(TASK_MODEL_PREFIX):]: v for k, v in read_safetensors(weights).items()
+             if k.startswith(TASK_MODEL_PREFIX)}
     load_checked(model, state, str(weights))
     return cfg, model.eval(), folder
 

@@ -1,4 +1,4 @@
-"""Fine-tuning = the pretraining trainer with a task objective: TaskModel + the task's loss.
+"""Fine-tuning = the pretraining trainer with a task loss module: TaskModel + the task's loss.
 
     vssl finetune recipes/finetune/classification.yaml --init runs/pretrain
     from pipeline.tasks.finetune import finetune
@@ -13,7 +13,7 @@ the config the trainer records (run.json, every checkpoint's metadata.json):
 - task.num_classes: the manifest's class count (classification), 2 (segmentation);
 - task.label_fraction < 1: data.shards becomes the labelled subset (pipeline/tasks/label_subset.py).
 
-Objectives (forward(batch) -> (loss, logs), as pipeline/train/trainer.py wants):
+Task losses (forward(batch) -> (loss, logs), as pipeline/train/trainer.py wants):
     classification  clip logits; clip-consistent mixup/cutmix + label smoothing
                     (pipeline/tasks/mixing.py); full fine-tuning with layer-wise lr decay
                     (task.layer_decay), drop path (model.overrides.drop_path_rate), or a linear /
@@ -79,7 +79,7 @@ def _batch_pictures(video: Tensor, cfg: FinetuneConfig) -> np.ndarray:
     return np.stack([to_uint8_frames(clip, cfg.data.mean, cfg.data.std) for clip in video])
 
 
-class ClassificationObjective(nn.Module):
+class ClassificationLoss(nn.Module):
     def __init__(self, model: TaskModel, cfg: FinetuneConfig) -> None:
         super().__init__()
         task = cfg.task
@@ -102,7 +102,7 @@ class ClassificationObjective(nn.Module):
         return loss, {"train_top1": (logits.argmax(dim=1) == labels).float().mean()}  # read at logging steps
 
 
-class SegmentationObjective(nn.Module):
+class SegmentationLoss(nn.Module):
     def __init__(self, model: TaskModel, cfg: FinetuneConfig) -> None:
         super().__init__()
         self.model, self.cfg, self.num_classes = model, cfg, cfg.task.num_classes
@@ -131,7 +131,7 @@ class SegmentationObjective(nn.Module):
         return np.asarray(comparison_strip(*rows))
 
 
-class TrackingObjective(nn.Module):
+class TrackingLoss(nn.Module):
     def __init__(self, model: TaskModel, cfg: FinetuneConfig) -> None:
         super().__init__()
         self.model, self.cfg = model, cfg
@@ -164,18 +164,18 @@ class TrackingObjective(nn.Module):
         return np.asarray(comparison_strip(truth, guess))
 
 
-OBJECTIVES = {"classification": ClassificationObjective, "segmentation": SegmentationObjective,
-              "tracking": TrackingObjective}
+TASK_LOSSES = {"classification": ClassificationLoss, "segmentation": SegmentationLoss, "tracking": TrackingLoss}
 
 
-def make_objective(cfg: FinetuneConfig, model: TaskModel) -> nn.Module:
-    return OBJECTIVES[cfg.task.kind](model, cfg)
+def make_task_loss(cfg: FinetuneConfig, model: TaskModel) -> nn.Module:
+    """The module the trainer trains for this task: forward(batch) -> (loss, logs), TaskModel as `model`."""
+    return TASK_LOSSES[cfg.task.kind](model, cfg)
 
 
-def make_optimizer(objective: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+def make_optimizer(task_loss: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     """AdamW with layer-wise lr decay over the task model's trainable parameters."""
     tc = cfg.train
-    return build_finetune_optimizer(objective.model, tc.lr, tc.weight_decay, cfg.task.layer_decay, tuple(tc.betas))
+    return build_finetune_optimizer(task_loss.model, tc.lr, tc.weight_decay, cfg.task.layer_decay, tuple(tc.betas))
 
 
 def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, VideoBackbone]:
@@ -210,6 +210,6 @@ def finetune(cfg: FinetuneConfig):
         raise ConfigError("data.shards: no shards given (set it in the recipe or with --set data.shards=PATH)")
     torch.manual_seed(cfg.train.seed)  # a fresh encoder's and the head's init
     recorded, encoder = prepare(cfg)
-    objective = make_objective(recorded, build_task_model(recorded, encoder))
+    task_loss = make_task_loss(recorded, build_task_model(recorded, encoder))
     loader = functools.partial(build_train_loader, annotations=TASK_ANNOTATIONS[cfg.task.kind])
-    return train(recorded, lambda _: objective, loader, make_optimizer=make_optimizer)
+    return train(recorded, lambda _: task_loss, loader, make_optimizer=make_optimizer)
