@@ -293,3 +293,12 @@ def test_grad_accumulation_of_two_halves_equals_one_whole_batch(tmp_path, shards
              for name in weights}  # Adam would hide a gradient scaled twice; its norm does not
     assert norms["halves"] == pytest.approx(norms["whole"], rel=1e-4)
     assert_same_weights(weights["halves"], weights["whole"])
+
+
+def test_a_launcher_accumulation_count_other_than_the_recipes_is_refused(monkeypatch):
+    """accelerate launch --gradient_accumulation_steps would override train.grad_accum inside
+    Accelerate (dividing the loss by its count): refused in one line instead."""
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    cfg = load_config(PretrainConfig, None, ["train.grad_accum=2", "train.device=cpu"])
+    with pytest.raises(ConfigError, match="train.grad_accum: 2, but the launcher says --gradient_accumulation_steps 4"):
+        eng.make_engine(cfg)

@@ -201,7 +201,13 @@ def make_engine(cfg: PretrainConfig):
         backend = "nccl" if device == "cuda" else "gloo"
         handlers = [InitProcessGroupKwargs(backend=backend, timeout=timedelta(seconds=tc.dist_timeout_s))]
     # DeepSpeed on CPU (DS_ACCELERATOR=cpu) runs over gloo, but only if Accelerate is not forced to CPU mode
-    # gradient accumulation is the trainer's (it divides the loss; DeepSpeed by its JSON's count)
-    acc = Accelerator(mixed_precision="no", cpu=device == "cpu" and not deepspeed, kwargs_handlers=handlers)
+    # gradient accumulation: Accelerate's accumulate() (no all-reduce before the last micro-step, the
+    # loss divided by the count in backward); under DeepSpeed its own, by its JSON's count
+    accum = 1 if deepspeed else cfg.train.grad_accum
+    acc = Accelerator(mixed_precision="no", cpu=device == "cpu" and not deepspeed, kwargs_handlers=handlers,
+                      gradient_accumulation_steps=accum)
+    if acc.gradient_accumulation_steps != accum:  # accelerate launch --gradient_accumulation_steps wins inside it
+        raise ConfigError(f"train.grad_accum: {accum}, but the launcher says --gradient_accumulation_steps "
+                          f"{acc.gradient_accumulation_steps}; drop that flag (the recipe decides)")
     stage = _check_deepspeed(acc, cfg, precision) if deepspeed else None
     return Engine(acc, device, Precision(precision, acc.device.type), stage)

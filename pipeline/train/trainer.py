@@ -241,7 +241,7 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
         engine.precision.load_state_dict(rank_state.get("precision", {}))
         state = {k: rank_state[k] for k in state}
         resumed_from = rank_state["step"]
-    # forwards go through the compiled module; everything else (no_sync, DeepSpeed's backward and
+    # forwards go through the compiled module; everything else (accumulate, DeepSpeed's backward and
     # step, saving) through `model` itself: unwrapping a compiled DDP module for its state dict
     # re-points the compiled module at the bare one, after which its forwards would skip DDP
     compiled = torch.compile(model, backend=tc.compile_backend) if tc.compile else model
@@ -301,9 +301,9 @@ def train(cfg: PretrainConfig, build_objective, build_loader, make_optimizer=def
                 if last:
                     model.step()
             else:
-                with contextlib.nullcontext() if last else acc.no_sync(model):
+                with acc.accumulate(model):  # syncs on every grad_accum-th call: the last one here
                     loss, logs = forward(batch)
-                    acc.backward(engine.precision.scale(loss / tc.grad_accum))
+                    acc.backward(engine.precision.scale(loss))  # divided by grad_accum inside
             total = total + loss.detach().float() / tc.grad_accum
         return total, logs, batch, wait, bad, stop_now
 
