@@ -12,9 +12,11 @@ import copy
 import numpy as np
 import torch
 from einops import rearrange
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
-from pipeline.config import LatentNorm, Target
+from pipeline.config import LatentNorm, ObjectiveConfig, Target
+from pipeline.models.base import VideoBackbone
 from pipeline.models.layers import frame_differences
 
 
@@ -187,10 +189,18 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
             torch._foreach_lerp_(ts, ss, 1 - momentum)
 
 
-class EMATargetMixin:
-    """`after_step` for an objective with an EMA target encoder (objective.latent_target): the
-    trainer calls it after each optimizer update, on every rank, and the target moves towards
-    the updated encoder (`self.target_encoder`, `self.encoder`, `self.cfg`)."""
+class PretrainObjective(nn.Module):
+    """What both objectives start from: the encoder, their config section, the clip's channels and
+    the normalisation the loader applied (mean, std: to turn predictions back into pictures), and
+    `after_step` for an EMA target encoder (objective.latent_target): the trainer calls it after
+    each optimizer update, on every rank, and `self.target_encoder` moves towards the encoder."""
+
+    def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
+                 mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
+                 std: tuple[float, ...] = IMAGENET_DEFAULT_STD) -> None:
+        super().__init__()
+        self.encoder, self.cfg, self.channels = encoder, cfg, channels
+        self.mean, self.std = tuple(mean), tuple(std)
 
     @torch.no_grad()
     def after_step(self) -> None:

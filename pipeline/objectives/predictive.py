@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.models.base import VideoBackbone
-from pipeline.objectives.common import (EMATargetMixin, display_stats, ema_copy, gaussian_nll, heat_rgb, init_weights,
-                                        latent_targets, linear_flops, log_precision, normalize_patches, patchify,
-                                        picture_rows, sincos_pos_embed, target_video, to_uint8_frames, transformer,
-                                        transformer_flops, unpatchify, upsample_tokens)
+from pipeline.objectives.common import (PretrainObjective, display_stats, ema_copy, gaussian_nll, heat_rgb,
+                                        init_weights, latent_targets, linear_flops, log_precision, normalize_patches,
+                                        patchify, picture_rows, sincos_pos_embed, target_video, to_uint8_frames,
+                                        transformer, transformer_flops, unpatchify, upsample_tokens)
 
 
 def causal_time_mask(times: Tensor) -> Tensor:
@@ -35,13 +34,10 @@ def causal_time_mask(times: Tensor) -> Tensor:
     return torch.zeros(allowed.shape, dtype=torch.float32, device=times.device).masked_fill(~allowed, float("-inf"))
 
 
-class NextFramePredictive(EMATargetMixin, nn.Module):
-    def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
-                 mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
-                 std: tuple[float, ...] = IMAGENET_DEFAULT_STD) -> None:
-        super().__init__()
-        self.encoder, self.cfg, self.channels = encoder, cfg, channels
-        self.mean, self.std = tuple(mean), tuple(std)
+class NextFramePredictive(PretrainObjective):
+    def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, **clip) -> None:
+        """clip: channels, mean, std (PretrainObjective's)."""
+        super().__init__(encoder, cfg, **clip)
         encoder.freeze_unused(masked=False, pooled=False)  # the context is encoded unmasked
         d, width = cfg.decoder_dim, encoder.num_features
         self.proj = nn.Linear(width, d)
@@ -49,7 +45,7 @@ class NextFramePredictive(EMATargetMixin, nn.Module):
         self.predictor = transformer(d, cfg.decoder_depth, cfg.decoder_heads)
         self.norm = nn.LayerNorm(d)
         stride = encoder.output_stride
-        self.pixel_head = nn.Linear(d, stride[0] * stride[1] * stride[2] * channels)
+        self.pixel_head = nn.Linear(d, stride[0] * stride[1] * stride[2] * self.channels)
         self.pixel_precision = nn.Linear(d, 1)
         modules = [self.proj, self.predictor, self.norm, self.pixel_head, self.pixel_precision]
         if cfg.latent_target:

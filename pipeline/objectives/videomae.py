@@ -39,26 +39,23 @@ import math
 
 import numpy as np
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor, nn
 
 from pipeline.config import ObjectiveConfig
 from pipeline.host import read_on_host
 from pipeline.models.base import VideoBackbone
-from pipeline.objectives.common import (EMATargetMixin, display_stats, ema_copy, gaussian_nll, init_weights,
+from pipeline.objectives.common import (PretrainObjective, display_stats, ema_copy, gaussian_nll, init_weights,
                                         latent_targets, linear_flops, log_precision, normalize_patches,
                                         patchify, picture_rows, sincos_pos_embed, target_video,
                                         to_uint8_frames, transformer, transformer_flops, unpatchify)
 from pipeline.data.masking import running_cell_from_phase
 from pipeline.objectives.guided_masking import guided_tube_mask
 
-class VideoMAE(EMATargetMixin, nn.Module):
-    def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, channels: int = 3,
-                 mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN,
-                 std: tuple[float, ...] = IMAGENET_DEFAULT_STD) -> None:
-        super().__init__()
-        self.encoder, self.cfg, self.channels = encoder, cfg, channels
-        self.mean, self.std = tuple(mean), tuple(std)
+
+class VideoMAE(PretrainObjective):
+    def __init__(self, encoder: VideoBackbone, cfg: ObjectiveConfig, **clip) -> None:
+        """clip: channels, mean, std (PretrainObjective's)."""
+        super().__init__(encoder, cfg, **clip)
         encoder.freeze_unused(masked=True, pooled=False)
         d = cfg.decoder_dim
         self.proj = nn.Linear(encoder.num_features, d)
@@ -68,7 +65,7 @@ class VideoMAE(EMATargetMixin, nn.Module):
         self.decoder = transformer(d, cfg.decoder_depth, cfg.decoder_heads)
         self.norm = nn.LayerNorm(d)
         stride = encoder.output_stride
-        self.head = nn.Linear(d, stride[0] * stride[1] * stride[2] * channels)
+        self.head = nn.Linear(d, stride[0] * stride[1] * stride[2] * self.channels)
         modules = [self.proj, self.decoder, self.norm, self.head]
         if cfg.precision_weighted:
             self.precision_head = nn.Linear(d, 1)
