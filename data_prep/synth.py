@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class SynthConfig:
     """Everything that determines the dataset's bytes (worker count does not)."""
 
-    per_class: int = 10
+    per_class: int = 150   # what recipes/finetune/supervised_synth.yaml needs to generalise (docs/EXPERIMENTS.md)
     num_frames: int = 16
     size: int = 64
     fps: float = 25.0
