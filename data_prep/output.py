@@ -51,7 +51,7 @@ from pipeline.durable import atomic_write, fsync_dir, fsync_file
 
 log = logging.getLogger("vssl.shard")
 _PART = r"(\.node-\d{5}-of-\d{5})?"  # data_prep.plan.Node.part
-OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?|manifest\.json(\.tmp)?|quarantine\.jsonl(\.tmp)?|"
+OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?|manifest\.json(\.tmp(-\d+)?)?|quarantine\.jsonl(\.tmp(-\d+)?)?|"
                        + re.escape(JOURNAL_STEM) + _PART + r"\.jsonl(\.tmp)?)$")
 _STORE_JOURNAL = re.compile(r"^(" + re.escape(JOURNAL_STEM) + _PART + r")/(g\d{4}-\d{8}\.jsonl)$")
 _CHUNK = re.compile(r"^g(\d{4})-(\d{8})\.jsonl$")
