@@ -185,9 +185,10 @@ def classify(error: BaseException) -> tuple[str, str]:
         if isinstance(response, dict) and isinstance(response.get("Error"), dict):
             codes.append(str(response["Error"].get("Code", "")))
             statuses.append(response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-        for attr in ("status", "code"):  # aiohttp ClientResponseError.status, gcsfs HttpError.code
-            if isinstance(getattr(exc, attr, None), int):
-                statuses.append(getattr(exc, attr))
+        # aiohttp ClientResponseError.status (its .code is a deprecated alias), gcsfs HttpError.code
+        status = getattr(exc, "status", None) if hasattr(exc, "status") else getattr(exc, "code", None)
+        if isinstance(status, int):
+            statuses.append(status)
     detail = _one_line(f"{codes[0]}: {error}" if codes and codes[0] not in str(error) else
                        f"{type(chain[-1]).__name__}: {chain[-1]}")
     statuses = [s for s in statuses if isinstance(s, int)]
