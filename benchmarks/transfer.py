@@ -49,6 +49,7 @@ OBJECTIVES = {"videomae": {"name": "videomae", "decoder_dim": 128, "decoder_dept
               "predictive": {"name": "predictive", "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4}}
 ENCODERS = ("videomae", "predictive", "random", "supervised")
 INITS = ("videomae", "predictive", "scratch")
+CLIP = (8, 2)  # frames, stride: the whole 16-frame synthetic video, as recipes/finetune/supervised_synth.yaml
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ BUDGETS = {
 
 
 def data_section(shards: Path, batch: int, budget: Budget, seed: int = SEED, **extra) -> dict:
-    return {"shards": str(shards), "num_frames": 16, "frame_stride": 1, "crop": "multiscale", "crop_size": 64,
+    return {"shards": str(shards), "num_frames": CLIP[0], "frame_stride": CLIP[1], "crop": "multiscale", "crop_size": 64,
             "flip_prob": 0.0, "batch_size": batch, "num_workers": budget.workers, "seed": seed,
             "decode_timeout_s": budget.decode_timeout_s, **extra}
 
