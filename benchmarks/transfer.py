@@ -49,7 +49,7 @@ OBJECTIVES = {"videomae": {"name": "videomae", "decoder_dim": 128, "decoder_dept
               "predictive": {"name": "predictive", "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4}}
 ENCODERS = ("videomae", "predictive", "random", "supervised")
 INITS = ("videomae", "predictive", "scratch")
-CLIP = (8, 2)  # frames, stride: the whole 16-frame synthetic video, as recipes/finetune/supervised_synth.yaml
+CLIP = (8, 2)  # frames, stride: the whole 16-frame synthetic video, as the quickstart samples it
 
 
 @dataclass(frozen=True)
