@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import operator
 import os
 import platform
 import re
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "RESULTS.md"
 _BOUND = re.compile(r"^\s*(>=|<=|>|<)\s*(-?[0-9.]+)")
+OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}  # a goal's bound: value OP bound
 
 HEADER = """# Results
 
@@ -51,9 +53,7 @@ def met(value, goal: str) -> str:
     match = _BOUND.match(str(goal))
     if match is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return ""
-    op, bound = match.group(1), float(match.group(2))
-    ok = {">=": value >= bound, "<=": value <= bound, ">": value > bound, "<": value < bound}[op]
-    return "yes" if ok else "no"
+    return "yes" if OPS[match.group(1)](value, float(match.group(2))) else "no"
 
 
 def section(record: dict) -> str:

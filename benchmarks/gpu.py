@@ -64,6 +64,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import _results
 from benchmarks._steps import StepProbe, instrument, is_sync, steady, step_syncs
 from benchmarks.common import synthetic_shards
 from benchmarks.model import best_times
@@ -132,8 +133,7 @@ def goal_status(value, goal: tuple[str, float]) -> str:
     if value is None:
         return "not measured"
     op, threshold = goal
-    met = {">=": value >= threshold, "<": value < threshold, "<=": value <= threshold}[op]
-    return "met" if met else "missed"
+    return "met" if _results.OPS[op](value, threshold) else "missed"
 
 
 def fit_workers(workers: int, slots: int, batch_bytes: int, free: int | None) -> int:
