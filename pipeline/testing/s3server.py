@@ -170,9 +170,13 @@ def _serve(port: int) -> None:
     def app(environ, start_response):
         if failing["count"] > 0 and not environ["PATH_INFO"].startswith("/moto-api"):
             failing["count"] -= 1
-            start_response(f"{failing['status']} Error", [("Content-Type", "application/xml")])
-            return [f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{failing['code']}</Code>"
-                    f"<Message>injected by the test</Message></Error>".encode()]
+            body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{failing['code']}</Code>"
+                    f"<Message>injected by the test</Message></Error>").encode()
+            if environ["REQUEST_METHOD"] == "HEAD":  # as S3: a HEAD's error has the status only, no body
+                body = b""
+            start_response(f"{failing['status']} Error", [("Content-Type", "application/xml"),
+                                                          ("Content-Length", str(len(body)))])
+            return [body]
         return moto_app(environ, start_response)
 
     class Handler(MotoRequestHandler):
