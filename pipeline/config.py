@@ -233,6 +233,9 @@ class DataSource:
     shards: str = ""  # as data.shards
     weight: float = 1.0  # resampled: share of samples; otherwise passes over it per epoch
     manifest: str = ""  # as data.manifest
+    # this source's clips take every frame_stride-th frame (sampling random; 0 = data.frame_stride):
+    # sources of other frame rates or motion speeds cover comparable time spans, as V-JEPA 2 mixes them
+    frame_stride: int = 0
 
 
 def _range(key: str, pair: tuple[float, float], low: float, high: float) -> None:
@@ -337,6 +340,12 @@ class DataConfig:
                 raise ConfigError(f"data.sources[{i}].shards: must not be empty")
             if src.weight <= 0:
                 raise ConfigError(f"data.sources[{i}].weight: must be > 0, got {src.weight}")
+            if src.frame_stride < 0:
+                raise ConfigError(f"data.sources[{i}].frame_stride: must be >= 1 (0 = data.frame_stride), "
+                                  f"got {src.frame_stride}")
+            if src.frame_stride and self.sampling != "random":
+                raise ConfigError(f"data.sources[{i}].frame_stride: only sampling 'random' steps by frames "
+                                  f"(data.sampling is {self.sampling!r})")
 
     def data_sources(self) -> list[DataSource]:
         """The mix to read: data.sources, or data.shards as a single source of weight 1."""
@@ -345,6 +354,10 @@ class DataConfig:
         if not self.shards:
             raise ConfigError("data.shards: no shards given (paths, globs, pipe: commands or a manifest.json)")
         return [DataSource(shards=self.shards, weight=1.0, manifest=self.manifest)]
+
+    def source_strides(self) -> tuple[int, ...]:
+        """The frame step of each source of data_sources(): its own, else data.frame_stride."""
+        return tuple(src.frame_stride or self.frame_stride for src in self.data_sources())
 
 
 @dataclass

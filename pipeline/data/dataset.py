@@ -40,7 +40,7 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.util import Finalize
 
 import numpy as np
@@ -83,6 +83,13 @@ class BatchSpec:
     mask_block_scale: tuple[float, float]
     mask_block_aspect: tuple[float, float]
     annotations: frozenset[str] = frozenset()  # of ANNOTATION_EXTS: the ones the consumer reads
+    source_strides: tuple[int, ...] = ()  # frame step per data source (DataConfig.source_strides); () = sampling's
+
+    def sampling_of(self, source: int) -> ClipSampling:
+        """The clip sampling of a sample from data source `source`: `sampling` with that source's step."""
+        if not self.source_strides or self.source_strides[source] == self.sampling.frame_stride:
+            return self.sampling
+        return replace(self.sampling, frame_stride=self.source_strides[source])
 
     @property
     def members(self) -> frozenset[str]:
@@ -253,7 +260,8 @@ class ClipDataset(IterableDataset):
         boxes = _read_boxes(raw.members[BOXES_EXT], raw.key) if BOXES_EXT in raw.members else None
         masks = _read_masks(raw.members[MASKS_EXT], raw.key) if MASKS_EXT in raw.members else None
         try:
-            decoded = decoder.decode(raw.key, raw.members[VIDEO_EXT], mix_seed(seed, 0), meta.num_frames)
+            decoded = decoder.decode(raw.key, raw.members[VIDEO_EXT], mix_seed(seed, 0), meta.num_frames,
+                                     self.batch_spec.sampling_of(raw.source))
         except DecodeError as e:
             raise SkipSample(e.reason, e.detail) from None
         frames = decoded.frames

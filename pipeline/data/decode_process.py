@@ -2,6 +2,7 @@
 
     decoder = make_decoder("decord", sampling, timeout_s=30.0)   # IsolatedDecoder
     decoded = decoder.decode(key, mp4_bytes, seed, frame_limit)   # raises DecodeError on failure
+    decoded = decoder.decode(key, mp4_bytes, seed, frame_limit, sampling=other)  # e.g. a source's own step
     decoder.close()
 
 Why a process: decord can spin forever inside native code (no signal interrupts it, a thread
@@ -52,8 +53,10 @@ class InProcessDecoder:
     def __init__(self, decoder: str, sampling: ClipSampling):
         self.decoder, self.sampling = decoder, sampling
 
-    def decode(self, key: str, data: bytes, seed: int, frame_limit: int) -> DecodedClips:
-        return decode_clips(self.decoder, data, self.sampling, seed, frame_limit)
+    def decode(self, key: str, data: bytes, seed: int, frame_limit: int,
+               sampling: ClipSampling | None = None) -> DecodedClips:
+        """The sample's clips, sampled by `sampling` (None: the decoder's own)."""
+        return decode_clips(self.decoder, data, sampling or self.sampling, seed, frame_limit)
 
     def close(self) -> None:
         pass
@@ -129,7 +132,10 @@ class IsolatedDecoder:
                 f.close()
             self._proc = None
 
-    def decode(self, key: str, data: bytes, seed: int, frame_limit: int) -> DecodedClips:
+    def decode(self, key: str, data: bytes, seed: int, frame_limit: int,
+               sampling: ClipSampling | None = None) -> DecodedClips:
+        """As InProcessDecoder.decode, in the helper; a `sampling` other than the decoder's own
+        travels with the request."""
         if self._proc is None or self._uses >= _RECYCLE_AFTER:
             self._kill()
             self._start()
@@ -139,8 +145,10 @@ class IsolatedDecoder:
             if len(data) > _REGION:
                 raise DecodeError("clip_too_large", f"video of {len(data)} bytes")
             self._shm[:len(data)] = data
-            request = _pack(dict(key=key, seed=seed, limit=frame_limit, size=len(data)))
-            _write_all(self._proc.stdin.fileno(), request, deadline)
+            header = dict(key=key, seed=seed, limit=frame_limit, size=len(data))
+            if sampling is not None and sampling != self.sampling:
+                header["sampling"] = asdict(sampling)
+            _write_all(self._proc.stdin.fileno(), _pack(header), deadline)
             reply = self._receive(deadline)
         except TimeoutError:
             self._kill()
@@ -210,7 +218,8 @@ def main(argv: list[str]) -> int:
         if request["key"] == sleep_key:
             time.sleep(3600)
         try:
-            decoded = decode_clips(decoder, data, sampling, request["seed"], request["limit"])
+            asked = ClipSampling(**request["sampling"]) if "sampling" in request else sampling
+            decoded = decode_clips(decoder, data, asked, request["seed"], request["limit"])
         except DecodeError as e:
             reply(dict(ok=False, reason=e.reason, detail=e.detail[:300]))
             continue

@@ -286,9 +286,10 @@ def _check_shared_memory(cfg: DataConfig, clips_per_sample: int, slots: int) -> 
 _FIT_SAMPLES = 64  # videos of the first shard looked at to see whether a clip fits one
 
 
-def _check_clip_fits(shard: ShardRef, sampling: ClipSampling) -> None:
+def _check_clip_fits(shard: ShardRef, sampling: ClipSampling, stride_key: str = "data.frame_stride") -> None:
     """ConfigError when a clip is longer than every video looked at in the first shard (its tar
-    headers and .json members only): every clip would be padded with repeats of a last frame."""
+    headers and .json members only): every clip would be padded with repeats of a last frame.
+    stride_key: the key that set sampling.frame_stride (a source's own, or data.frame_stride)."""
     if sampling.mode == "segment":
         return  # a clip spans each video, whatever its length
     longest, seen = None, 0
@@ -314,7 +315,7 @@ def _check_clip_fits(shard: ShardRef, sampling: ClipSampling) -> None:
         raise ConfigError(f"data.num_frames: a clip of {sampling.num_frames} frames, {step:g} apart, spans "
                           f"{(sampling.num_frames - 1) * step + 1:g} frames, longer than any of the first {seen} videos of "
                           f"{shard.name} (at most {longest.num_frames} frames); lower data.num_frames or "
-                          f"data.frame_stride")
+                          f"{stride_key}")
 
 
 def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size: tuple[int, int, int] = (2, 16, 16),
@@ -345,20 +346,25 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
     storage.configure_cache(cfg.cache_dir, cfg.cache_size_gb)
     keyed = [("data.shards" if not cfg.sources else f"data.sources[{i}].shards", s)
              for i, s in enumerate(cfg.data_sources())]
-    sources = [(list_shards(src.shards, src.manifest, split, key), src.weight) for key, src in keyed]
+    sources = [([dataclasses.replace(ref, source=i) for ref in list_shards(src.shards, src.manifest, split, key)],
+                src.weight) for i, (key, src) in enumerate(keyed)]
     plan_spec = PlanSpec(sources=sources, batch_size=cfg.batch_size, streams=streams, seed=cfg.seed,
                          shuffle=cfg.shuffle and train, shuffle_buffer=cfg.shuffle_buffer,
                          drop_last=cfg.drop_last and train, resampled=cfg.resampled and train,
                          epoch_samples=cfg.epoch_samples)
     sampling = ClipSampling(cfg.sampling, cfg.num_frames, cfg.frame_stride, cfg.target_fps,
                             cfg.repeated_samples if train else cfg.eval_clips, train)
-    _check_clip_fits(sources[0][0][0], sampling)
+    strides = cfg.source_strides()  # each source's clips use its own frame step (BatchSpec.sampling_of)
+    for i, (refs, _) in enumerate(sources):
+        own = bool(cfg.sources) and cfg.sources[i].frame_stride > 0
+        _check_clip_fits(refs[0], dataclasses.replace(sampling, frame_stride=strides[i]),
+                         f"data.sources[{i}].frame_stride" if own else "data.frame_stride")
     transform = TransformSpec(cfg.crop, cfg.crop_size, cfg.crop_scale, cfg.flip_prob, cfg.rand_augment_ops,
                               cfg.rand_augment_magnitude, cfg.eval_crops, train)
     grid = (cfg.num_frames // pt, cfg.crop_size // ph, cfg.crop_size // pw)
     batch_spec = BatchSpec(sampling, transform, cfg.decoder, cfg.decode_timeout_s, cfg.mean, cfg.std, grid,
                            cfg.mask_type, cfg.mask_ratio, cfg.mask_block_scale, cfg.mask_block_aspect,
-                           frozenset(annotations))
+                           frozenset(annotations), strides)
     try:  # fail now, not in a worker, on a mask the grid cannot take
         make_masker(cfg.mask_type, cfg.mask_ratio, grid)
     except ValueError as e:

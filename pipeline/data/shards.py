@@ -53,6 +53,7 @@ class ShardRef:
     samples: int
     split: str | None = None
     bytes: int = -1  # its size from the manifest (-1: unknown); a URL of another size is not read
+    source: int = 0  # its index in the mix (data.sources); the loader sets it, its samples carry it
 
 
 def _is_remote(part: str) -> bool:

@@ -45,6 +45,7 @@ class RawSample:
     shard: str
     members: dict[str, bytes] = field(default_factory=dict)
     error: str | None = None
+    source: int = 0  # the shard's data.sources index (ShardRef.source): which clip sampling applies
 
 
 def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool],
@@ -65,7 +66,8 @@ def _walk(stream, segment: Segment, first_pos: int, wanted: Callable[[int], bool
                 return
             pos = first_pos + index - segment.start
             take = index >= segment.start and wanted(pos)
-            current = RawSample(pos, key, segment.shard.name, error=None if take else "unwanted")
+            current = RawSample(pos, key, segment.shard.name, error=None if take else "unwanted",
+                                source=segment.shard.source)
         ext = ext.lower()
         if current.error is None and ext in exts:
             current.members[ext] = tar.extractfile(info).read()
