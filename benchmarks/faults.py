@@ -1,9 +1,9 @@
-"""Benchmark the reliability guarantees: run the fault-injection scenarios of tests/faults and count.
+"""Benchmark the reliability guarantees: run the fault-injection scenarios and count.
 
     python -m benchmarks faults --quick    # from the repository root: about a minute on 2 cores
     python -m benchmarks faults            # every scenario, more kill seeds, two-process jobs (1-3 min)
 
-The scenarios are the test suite's own (tests/faults/*.py, so this runs from a checkout): broken
+The scenarios are the test suite's own (pipeline/testing/faults/, run from a checkout): broken
 inputs through `vssl shard`, damaged shards through the loader and `vssl pretrain`, hostile
 shards / manifests / checkpoints / recipes, bad configuration, `vssl pretrain` killed at seeded
 random steps and mid-checkpoint, a full disk, a NaN loss and, in the full run, a real tmpfs that
@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.train import checkpoint as ck
-from tests.faults import config_errors, distributed, loading, prep, security, training
-from tests.faults.tally import Report
+from pipeline.testing.faults import config_errors, distributed, loading, prep, security, training
+from pipeline.testing.faults.tally import Report
 
 
 def _scenarios(tmp: Path, quick: bool) -> list[tuple[str, Callable[[], Report]]]:

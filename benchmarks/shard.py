@@ -4,7 +4,7 @@
     python -m benchmarks shard             # 96 videos, best of 5 rounds
 
 Inputs are made here, in a temp dir: H.264 videos of 320x240, 96 frames at 25 fps, keyframe
-every 96 frames (a moving textured square, like tests/videos.py). Transcode mode re-encodes to
+every 96 frames (a moving textured square, like pipeline/testing/videos.py). Transcode mode re-encodes to
 short side 128, GOP 16, CRF 23, x264 veryfast. The peer is the bare work of that transcode done
 by PyAV in this process, video after video: decode, scale (one reused VideoReformatter, as
 vssl does), encode with the same settings (data_prep.encode.encode_mp4, threads=1) -- no probe,

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from pipeline.config import FinetuneConfig, from_dict
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 
 TINY_MODEL = {"name": "vit_tiny_joint",
               "overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": [2, 8, 8]}}

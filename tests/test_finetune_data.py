@@ -15,7 +15,7 @@ import torch
 from pipeline.data.shard_format import SampleMeta, read_manifest
 from pipeline.tasks.label_subset import chosen_keys, write_label_subset
 from pipeline.tasks.mixing import ClipMixer, cutmix_box, one_hot_targets, soft_cross_entropy
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 
 
 def population(per_class: dict[int, int]) -> list[tuple[str, int]]:

@@ -17,7 +17,7 @@ from pipeline.models.checkpoint import CheckpointError, save_backbone
 from pipeline.train import checkpoint as ck
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
-from tests import train_testlib
+from pipeline.testing import tiny_train
 from tests.finetune_testlib import one_thread, tiny_dataset, tiny_recipe, write_recipe  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +35,7 @@ def shards(tmp_path_factory):
 def pretrain_run(tmp_path_factory, shards):
     """A real `vssl pretrain` run (VideoMAE, 2 steps) whose checkpoint holds encoder + decoder."""
     folder = tmp_path_factory.mktemp("pretrain")
-    recipe = train_testlib.tiny_recipe(folder / "r.yaml", shards.split("::")[0], folder / "run",
+    recipe = tiny_train.tiny_recipe(folder / "r.yaml", shards.split("::")[0], folder / "run",
                                        max_steps=2, checkpoint_every=2)
     cfg = load_config(PretrainConfig, recipe, ["model.overrides.depth=2"])  # the fine-tune recipes' model
     train(cfg, build_objective, build_train_loader)
@@ -141,7 +141,7 @@ def test_cli_errors_are_one_line(tmp_path, shards, pretrain_run, capsys, argv, n
     assert needle in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("recipe", sorted((train_testlib.ROOT / "recipes" / "finetune").glob("*.yaml")),
+@pytest.mark.parametrize("recipe", sorted((tiny_train.ROOT / "recipes" / "finetune").glob("*.yaml")),
                          ids=lambda p: p.stem)
 def test_every_finetune_recipe_loads(recipe):
     from pipeline.config import FinetuneConfig

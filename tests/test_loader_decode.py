@@ -11,7 +11,7 @@ from data_prep.encode import encode_mp4
 from pipeline.data.decode import DecodeError, check_decoder, decode_clips
 from pipeline.data.decode_process import SLEEP_KEY_ENV, InProcessDecoder, IsolatedDecoder
 from pipeline.data.sampling import ClipSampling
-from tests.videos import moving_frames
+from pipeline.testing.videos import moving_frames
 
 SAMPLING = ClipSampling("random", num_frames=8, frame_stride=3, clips=2)
 

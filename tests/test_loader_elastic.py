@@ -12,7 +12,7 @@ import pipeline.data.decode_process as decode_process
 from pipeline.data.loader import build_loader
 from pipeline.data.plan import EpochPlan, PlanSpec
 from pipeline.data.remainder import Remainder, RemainderPlan
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 from tests.test_loader_epoch import PATCH, config, run
 from tests.test_loader_plan import rank_samples, refs
 

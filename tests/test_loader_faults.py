@@ -8,7 +8,7 @@ import time
 from pipeline.config import DataConfig
 from pipeline.data.decode_process import SLEEP_KEY_ENV
 from pipeline.data.loader import build_loader
-from tests.loader_shards import sample_key, write_shards
+from pipeline.testing.shards import sample_key, write_shards
 
 PATCH = (2, 16, 16)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.data.loader import build_loader
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 from tests.test_loader_epoch import PATCH, assert_same, config, run
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.data.shards import count_tar_samples, list_shards
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pytest
 import pipeline.data.loader as loader_module
 from pipeline.config import ConfigError
 from pipeline.data.loader import build_loader
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 from tests.test_loader_epoch import PATCH, config
 
 MIB = 2 ** 20

@@ -8,7 +8,7 @@ import torch
 import pipeline.data.decode_process as decode_process
 from pipeline.config import ConfigError, DataConfig, DataSource
 from pipeline.data.loader import build_loader
-from tests.loader_shards import sample_key, write_shards
+from pipeline.testing.shards import sample_key, write_shards
 
 PATCH = (2, 16, 16)
 

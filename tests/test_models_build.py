@@ -17,7 +17,7 @@ from pipeline.models.build import build_encoder, load_encoder
 from pipeline.models.checkpoint import save_backbone
 from pipeline.tasks.heads import LinearHead, TaskModel
 from pipeline.train.build import build_objective, recorded_config
-from tests import train_testlib
+from pipeline.testing import tiny_train
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 
 TINY = {"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": [2, 8, 8]}
@@ -93,7 +93,7 @@ def test_pretrain_starts_from_model_pretrained_and_records_its_architecture(tmp_
     torch.manual_seed(1)
     source = create_model("vit_tiny_joint", num_frames=8, img_size=32, pos_embed="learned", **{**TINY, "depth": 2})
     save_backbone(source, tmp_path / "backbone")
-    recipe = train_testlib.tiny_recipe(tmp_path / "r.yaml", train_testlib.tiny_shards(tmp_path / "shards"),
+    recipe = tiny_train.tiny_recipe(tmp_path / "r.yaml", tiny_train.tiny_shards(tmp_path / "shards"),
                                        tmp_path / "run", max_steps=1, checkpoint_every=1)
     overrides = [f"model.pretrained={tmp_path / 'backbone'}", "model.name=vit_small_divided", "model.overrides={}",
                  "train.lr=1e-12"]

@@ -28,7 +28,7 @@ from pipeline.objectives.common import sincos_pos_embed
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
-from tests.train_testlib import ROOT, env, tiny_recipe, tiny_shards
+from pipeline.testing.tiny_train import ROOT, env, tiny_recipe, tiny_shards
 
 ATOL = 1e-4
 TINY = dict(embed_dim=32, depth=2, num_heads=2, num_frames=4, img_size=32, patch_size=(2, 8, 8))

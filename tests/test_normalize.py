@@ -7,7 +7,7 @@ import torch
 from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
 from pipeline.data.normalize import batch_to_device, normalize_tensor, normalize_video, to_normalized_float
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 
 MEAN, STD = (0.5, 0.5, 0.25), (0.25, 0.5, 0.125)
 

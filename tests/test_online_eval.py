@@ -14,7 +14,7 @@ from pipeline.config import PretrainConfig, load_config
 from pipeline.probe.health import COLLAPSE_PATIENCE, feature_health, rankme
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
-from tests.train_testlib import losses, tiny_recipe, tiny_shards
+from pipeline.testing.tiny_train import losses, tiny_recipe, tiny_shards
 
 
 def test_health_figures_on_features_with_known_answers():

@@ -20,7 +20,7 @@ from pipeline.probe.grid import GridAdamW, grid, holdout_rows, top1, train_grid,
 from pipeline.probe.knn import knn_predict, knn_scores, video_vectors
 from pipeline.probe.linear import linear_grid
 from pipeline.probe.run import grid_probe
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 from tests.models_fixtures import one_thread  # noqa: F401 (autouse)
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli import main
-from tests.shard_testlib import kinetics_args, kinetics_inputs, same_dataset
+from pipeline.testing.sharding import kinetics_args, kinetics_inputs, same_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "recipes" / "slurm"

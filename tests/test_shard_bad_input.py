@@ -13,7 +13,7 @@ from data_prep.probe import probe
 from data_prep.process import FAULT_ENV
 from pipeline.cli import main
 from pipeline.data.shard_format import read_manifest
-from tests.shard_testlib import encoded, faststart_mp4, metas, quarantine, read_samples, run_shard, video
+from pipeline.testing.sharding import encoded, faststart_mp4, metas, quarantine, read_samples, run_shard, video
 
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from data_prep.inspect_cli import inspect_dataset
 from pipeline.cli import main
-from tests.shard_testlib import run_shard, video
+from pipeline.testing.sharding import run_shard, video
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from data_prep.plan import Node, plan_shards
 from data_prep.listing import list_inputs
 from data_prep.shard_run import KILL_ENV
 from pipeline.cli import main
-from tests.shard_testlib import broken_in_quarantine, kinetics_args, kinetics_inputs, same_dataset, same_on_store
+from pipeline.testing.sharding import broken_in_quarantine, kinetics_args, kinetics_inputs, same_dataset, same_on_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

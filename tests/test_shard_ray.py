@@ -12,7 +12,7 @@ from data_prep.pool import TaskFailed
 from data_prep.process import FAULT_ENV, parse_faults
 from data_prep.ray_pool import RayPool
 from pipeline.cli import main
-from tests.shard_testlib import broken_in_quarantine, kinetics_args, kinetics_inputs, quarantine, same_dataset
+from pipeline.testing.sharding import broken_in_quarantine, kinetics_args, kinetics_inputs, quarantine, same_dataset
 
 ray = pytest.importorskip("ray")
 FAULTS = "hang=y04;crash=y10"  # a decoder that never returns, one that kills its process

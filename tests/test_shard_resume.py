@@ -17,7 +17,7 @@ from data_prep.shard_run import KILL_ENV
 from data_prep.writer import journal_name
 from pipeline.cli import main
 from pipeline.data.shard_format import read_manifest
-from tests.shard_testlib import kinetics_args, kinetics_inputs, same_dataset, shard_bytes
+from pipeline.testing.sharding import kinetics_args, kinetics_inputs, same_dataset, shard_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 JOURNAL_NAME = journal_name("")

@@ -16,7 +16,7 @@ from data_prep.probe import probe
 from data_prep.sources import ListingError
 from pipeline.cli import main
 from pipeline.data.shard_format import SampleMeta, make_key, read_manifest
-from tests.shard_testlib import encoded, metas, quarantine, read_samples, run_shard, video
+from pipeline.testing.sharding import encoded, metas, quarantine, read_samples, run_shard, video
 
 
 def test_folder_tree_labelled(tmp_path):

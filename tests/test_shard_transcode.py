@@ -12,7 +12,7 @@ from data_prep.annotations import npz_bytes
 from data_prep.encode import encode_mp4
 from data_prep.probe import probe
 from data_prep.process import frame_plan, output_size
-from tests.shard_testlib import decoded, metas, quarantine, read_samples, run_shard, video
+from pipeline.testing.sharding import decoded, metas, quarantine, read_samples, run_shard, video
 
 
 def test_transcode_short_side_fps_gop(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.cli import main
 from pipeline.data.shard_format import read_manifest
-from tests.shard_testlib import metas, quarantine, run_shard, video
+from pipeline.testing.sharding import metas, quarantine, run_shard, video
 
 ERROR = "ERROR: [generic] Unable to download webpage: HTTP Error 404: Not Found\n  (caused by 404)"
 

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import storage
 from pipeline.data.loader import build_loader
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 from tests.test_loader_epoch import assert_same, run
 from tests.test_storage_loader import PATCH, config
 

@@ -19,7 +19,7 @@ from pipeline.cli import main
 from pipeline.config import ConfigError
 from pipeline.data.shard_format import read_manifest
 from pipeline.data.shards import list_shards
-from tests.shard_testlib import metas, quarantine, run_shard, same_on_store, shard_bytes, video
+from pipeline.testing.sharding import metas, quarantine, run_shard, same_on_store, shard_bytes, video
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = ["--inputs-per-shard", "3", "--no-progress"]

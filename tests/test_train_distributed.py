@@ -13,7 +13,7 @@ from pipeline.config import PretrainConfig, load_config
 from pipeline.train import checkpoint as ck
 from pipeline.train.build import build_objective
 from pipeline.train.trainer import train
-from tests.train_testlib import ROOT, BothRanks, assert_same_weights, env, free_port, losses, tiny_recipe, tiny_shards
+from pipeline.testing.tiny_train import ROOT, BothRanks, assert_same_weights, env, free_port, losses, tiny_recipe, tiny_shards
 
 pytestmark = pytest.mark.slow
 STEPS = "train.max_steps=4"

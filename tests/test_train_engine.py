@@ -24,7 +24,7 @@ from pipeline.train import engine as eng
 from pipeline.train.monitor import peak_flops, train_flops_per_clip
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import STOP_FILE_ENV, train
-from tests.train_testlib import assert_same_weights, losses, tiny_recipe, tiny_shards
+from pipeline.testing.tiny_train import assert_same_weights, losses, tiny_recipe, tiny_shards
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2, num_frames=8, img_size=32, patch_size=(2, 8, 8))
 DEC = dict(decoder_dim=32, decoder_depth=2, decoder_heads=2)

@@ -33,7 +33,7 @@ from pipeline.models.build import load_encoder
 from pipeline.train import checkpoint as ck
 from pipeline.train.build import build_objective
 from pipeline.train.trainer import train
-from tests.train_testlib import ROOT, BothRanks, env, free_port, tiny_recipe, tiny_shards
+from pipeline.testing.tiny_train import ROOT, BothRanks, env, free_port, tiny_recipe, tiny_shards
 
 pytestmark = pytest.mark.slow
 

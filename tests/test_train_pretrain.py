@@ -14,7 +14,7 @@ from pipeline.config import PretrainConfig, load_config
 from pipeline.train import checkpoint as ck
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import TrainingError, train
-from tests.train_testlib import ROOT, env, losses, nan_losses, pretrain_cmd, run, tiny_recipe, tiny_shards
+from pipeline.testing.tiny_train import ROOT, env, losses, nan_losses, pretrain_cmd, run, tiny_recipe, tiny_shards
 
 
 @pytest.fixture(scope="module")

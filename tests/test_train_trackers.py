@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import ConfigError, PretrainConfig, load_config
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
-from tests.train_testlib import tiny_recipe, tiny_shards
+from pipeline.testing.tiny_train import tiny_recipe, tiny_shards
 
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")

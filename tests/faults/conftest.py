@@ -3,8 +3,8 @@
     pytest -q tests/faults            # the whole suite (also part of `make test`)
     pytest -q -m faults               # the same, selected by marker
 
-Scenario code lives in the modules beside this file (prep, loading, training, security, config_errors)
-so `python -m benchmarks faults` can run the same scenarios and count what survived.
+The scenarios live in pipeline/testing/faults/ (prep, loading, training, security, config_errors,
+distributed), so `python -m benchmarks faults` runs the same ones without importing tests/.
 """
 
 from __future__ import annotations
@@ -25,6 +25,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def train_setup(tmp_path_factory):
     """Tiny shards and recipe, and the loss trace of one uninterrupted 8-step `vssl pretrain` run."""
-    from tests.faults.training import TrainSetup
+    from pipeline.testing.faults.training import TrainSetup
 
     return TrainSetup.make(tmp_path_factory.mktemp("train"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.faults.config_errors import CASES, bad_configs
+from pipeline.testing.faults.config_errors import CASES, bad_configs
 
 
 def test_bad_configuration_is_one_line_naming_the_key(train_setup):

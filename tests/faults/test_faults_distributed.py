@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.distributed import lost_peer
+from pipeline.testing.faults.distributed import lost_peer
 
 
 @pytest.mark.slow

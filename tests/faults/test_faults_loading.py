@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.faults.loading import train_on_damaged_shards
+from pipeline.testing.faults.loading import train_on_damaged_shards
 
 
 def test_training_goes_on_over_damaged_shards_and_counts_the_skips(tmp_path, capsys):

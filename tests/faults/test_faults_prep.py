@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.faults.prep import shard_corpus
+from pipeline.testing.faults.prep import shard_corpus
 
 
 def test_one_shard_run_over_every_kind_of_broken_input(tmp_path):

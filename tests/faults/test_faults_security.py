@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pipeline.train import checkpoint as ck
-from tests.faults.security import hostile_files, hostile_shards, shell_strings_in_source
-from tests.train_testlib import ROOT
+from pipeline.testing.faults.security import hostile_files, hostile_shards, shell_strings_in_source
+from pipeline.testing.tiny_train import ROOT
 
 
 def test_hostile_shards_through_loader_reshard_and_inspect(tmp_path):
@@ -20,5 +20,5 @@ def test_hostile_checkpoint_weights_recipe_and_davis_names(tmp_path, train_setup
 
 
 def test_no_code_builds_a_shell_command():
-    # file names reach subprocesses only as argv items (see tests/faults/prep.py for names like "$(touch x).mp4")
+    # file names reach subprocesses only as argv items (see pipeline/testing/faults/prep.py for names like "$(touch x).mp4")
     assert shell_strings_in_source(ROOT) == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.training import can_mount_tmpfs, disk_full_injected, disk_full_real, kill_and_resume, nonfinite_loss
+from pipeline.testing.faults.training import can_mount_tmpfs, disk_full_injected, disk_full_real, kill_and_resume, nonfinite_loss
 
 
 def _ok(report):

@@ -1,7 +1,7 @@
 """Bad configuration through `vssl pretrain`: every typo, wrong type, missing path and impossible
 combination is exit code 2 and ONE stderr line naming the key; nothing trains, nothing is written.
 
-    report = bad_configs(setup)       # setup: tests/faults/training.TrainSetup (tiny shards + recipe)
+    report = bad_configs(setup)       # setup: pipeline.testing.faults.training.TrainSetup (tiny shards + recipe)
 
 The cases run in-process through pipeline.cli.main (each may get as far as building the loader or
 the model); one also runs as a real process to show the exit status and the absence of a traceback.
@@ -16,9 +16,9 @@ from contextlib import redirect_stderr
 import yaml
 
 from pipeline.cli import main
-from tests.faults.tally import Report, one_line_error
-from tests.faults.training import TrainSetup
-from tests.train_testlib import ROOT, env, pretrain_cmd
+from pipeline.testing.faults.tally import Report, one_line_error
+from pipeline.testing.faults.training import TrainSetup
+from pipeline.testing.tiny_train import ROOT, env, pretrain_cmd
 
 ERROR = "vssl pretrain: error:"
 

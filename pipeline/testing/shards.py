@@ -12,7 +12,7 @@ import webdataset as wds
 
 from data_prep.encode import encode_mp4
 from pipeline.data.shard_format import Manifest, SampleMeta, ShardEntry, sha256_file, shard_name
-from tests.videos import moving_frames
+from pipeline.testing.videos import moving_frames
 
 
 def sample_key(split: str, shard: int, index: int, prefix: str = "") -> str:

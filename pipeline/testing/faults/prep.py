@@ -29,10 +29,10 @@ from pipeline.cli import main
 from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
 from pipeline.data.shard_format import make_key, read_manifest
-from tests.faults.tally import Report
-from tests.shard_testlib import decoded, encoded, encoded_bytes, faststart_mp4, metas, quarantine, read_samples
-from tests.videos import write_video
-from tests.train_testlib import ROOT, env
+from pipeline.testing.faults.tally import Report
+from pipeline.testing.sharding import decoded, encoded, encoded_bytes, faststart_mp4, metas, quarantine, read_samples
+from pipeline.testing.videos import write_video
+from pipeline.testing.tiny_train import ROOT, env
 
 LIMIT_S = 150  # the whole shard run; each input is also bounded by --timeout-s
 SHELL_NAMES = ("$(touch pwned).mp4", "a;touch pwned.mp4", "`touch pwned`.mp4")

@@ -7,7 +7,7 @@ checkpoint, out of disk while writing one, a non-finite loss.
 
 Each resumed run must log the very losses of the uninterrupted one (bit-identical on CPU); a
 crash or a full disk must leave the previous checkpoint in charge; a failure must be one line.
-A lost peer in a two-process job: tests/faults/distributed.py.
+A lost peer in a two-process job: pipeline/testing/faults/distributed.py.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pipeline.cli import main
 from pipeline.train import checkpoint as ck
 from pipeline.train import pretrain_cli
 from pipeline.train.trainer import FAULT_CRASH_IN_SAVE
-from tests.faults.tally import Report, one_line_error
-from tests.train_testlib import ROOT, env, losses, nan_losses, pretrain_cmd, tiny_recipe, tiny_shards
+from pipeline.testing.faults.tally import Report, one_line_error
+from pipeline.testing.tiny_train import ROOT, env, losses, nan_losses, pretrain_cmd, tiny_recipe, tiny_shards
 
 STEPS = 8  # checkpoints every 2 steps (the tiny recipe's)
 RUN_LIMIT_S = 120

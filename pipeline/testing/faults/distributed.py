@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.faults.tally import Report
-from tests.faults.training import TrainSetup
-from tests.train_testlib import ROOT, env
+from pipeline.testing.faults.tally import Report
+from pipeline.testing.faults.training import TrainSetup
+from pipeline.testing.tiny_train import ROOT, env
 
 TIMEOUT_S = 6  # train.dist_timeout_s for the stopped-peer case
 START_LIMIT_S = 150

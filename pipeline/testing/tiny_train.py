@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from pipeline.data.loader import build_loader
-from tests.loader_shards import write_shards
+from pipeline.testing.shards import write_shards
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (the source root of an install)
 
 
 def tiny_shards(folder: Path) -> Path:

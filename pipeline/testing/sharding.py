@@ -14,7 +14,7 @@ from data_prep.shard_run import Summary, shard_dataset
 from data_prep.listing import list_inputs
 from pipeline.config import ShardConfig
 from pipeline.data.shard_format import read_manifest
-from tests.videos import moving_frames, write_video
+from pipeline.testing.videos import moving_frames, write_video
 
 
 def video(path: Path, frames: int = 16, height: int = 48, width: int = 64, fps: float = 25.0,

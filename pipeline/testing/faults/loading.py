@@ -17,9 +17,9 @@ from pathlib import Path
 from pipeline.cli import main
 from pipeline.config import DataConfig
 from pipeline.data.loader import build_loader
-from tests.faults.tally import Report, one_line_error
-from tests.loader_shards import sample_key, write_shards
-from tests.train_testlib import tiny_recipe
+from pipeline.testing.faults.tally import Report, one_line_error
+from pipeline.testing.shards import sample_key, write_shards
+from pipeline.testing.tiny_train import tiny_recipe
 
 SIZES = [6, 5, 7]  # samples per shard; batch_size 2 and no shuffling: 9 batches per epoch
 
