@@ -8,8 +8,10 @@ Both follow the commit protocol written down in pipeline/data/shard_format.py: a
 its final name only whole; the journal records it only after that; manifest.json is written last,
 and readers trust only shards a manifest lists.
 
-LocalOutput: shards are built as OUT/NAME.tar.tmp, fsync'ed and renamed; each node part's journal
-(shard-journal{part}.jsonl) is JSON lines, each fsync'ed (data_prep.writer.JsonLines).
+LocalOutput: shards are built at their temporary name OUT/NAME.tar.tmp-PID, fsync'ed and renamed
+(pipeline.durable.commit_file); each node part's journal (shard-journal{part}.jsonl) is JSON lines,
+each fsync'ed (data_prep.writer.JsonLines). OUR_FILES knows these names, temporary ones included,
+so a crash's leftovers are ours to remove.
 
 StoreOutput (s3://, gs://): shards are built in a local staging folder (one open shard per split)
 and uploaded under their final name (one PUT, or a multipart upload completed last: either way the
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -44,15 +45,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from data_prep.writer import JOURNAL_STEM, JsonLines, journal_name
+from data_prep.writer import JOURNAL_STEM, JsonLines, journal_name, json_lines
 from pipeline import storage
 from pipeline.data.shard_format import QUARANTINE_NAME, Manifest, sha256_file
-from pipeline.durable import atomic_write, fsync_dir, fsync_file
+from pipeline.durable import TMP_PATTERN, atomic_write, commit_file
 
 log = logging.getLogger("vssl.shard")
 _PART = r"(\.node-\d{5}-of-\d{5})?"  # data_prep.plan.Node.part
-OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar(\.tmp)?|manifest\.json(\.tmp(-\d+)?)?|quarantine\.jsonl(\.tmp(-\d+)?)?|"
-                       + re.escape(JOURNAL_STEM) + _PART + r"\.jsonl(\.tmp)?)$")
+OUR_FILES = re.compile(r"^([A-Za-z0-9_]+-\d{6}\.tar|manifest\.json|quarantine\.jsonl|"
+                       + re.escape(JOURNAL_STEM) + _PART + r"\.jsonl)(" + TMP_PATTERN + ")?$")
 _STORE_JOURNAL = re.compile(r"^(" + re.escape(JOURNAL_STEM) + _PART + r")/(g\d{4}-\d{8}\.jsonl)$")
 _CHUNK = re.compile(r"^g(\d{4})-(\d{8})\.jsonl$")
 
@@ -87,24 +88,18 @@ class LocalOutput:
                 and (not deep or sha256_file(path) == record["sha256"]))
 
     def commit(self, tmp: Path, name: str) -> dict[str, Any]:
-        fsync_file(tmp)
-        os.replace(tmp, self.folder / name)
-        fsync_dir(self.folder)
+        commit_file(tmp, self.folder / name)
         return {}
 
     def settle(self) -> None:
         pass  # commits are done when commit() returns
 
     def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
-        atomic_write(self.folder / QUARANTINE_NAME, lambda tmp: tmp.write_text(_json_lines(quarantine)))
+        atomic_write(self.folder / QUARANTINE_NAME, lambda tmp: tmp.write_text(json_lines(quarantine)))
         manifest.write(self.folder)
 
     def close(self) -> None:
         pass
-
-
-def _json_lines(records: list[dict]) -> str:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
 
 
 class _StoreLog:
@@ -144,7 +139,7 @@ class _StoreLog:
     def flush(self) -> None:
         if self.pending or self.sequence == 0:
             storage.write_bytes(storage.join(self.prefix, f"g{self.generation:04d}-{self.sequence:08d}.jsonl"),
-                                _json_lines(self.pending).encode())
+                                json_lines(self.pending).encode())
             self.sequence += 1
         self.pending = []
 
@@ -285,7 +280,7 @@ class StoreOutput:
         self.in_order.check()
 
     def finish(self, quarantine: list[dict], manifest: Manifest) -> None:
-        storage.write_bytes(storage.join(self.url, QUARANTINE_NAME), _json_lines(quarantine).encode())
+        storage.write_bytes(storage.join(self.url, QUARANTINE_NAME), json_lines(quarantine).encode())
         manifest.write(self.url)
 
     def close(self) -> None:

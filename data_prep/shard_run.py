@@ -22,7 +22,7 @@ rely on).
 Resuming: re-running the same command (the same --node-rank, for a node) on the same OUT continues
 an interrupted run. The node's journal (data_prep.writer) lists every finished shard with its
 size and sha256; each is checked against the file (size and sha256; on a store, size and ETag).
-Shards whose record is missing or untrue are written again from their items (a partial `.tar.tmp`
+Shards whose record is missing or untrue are written again from their items (a partial `.tar.tmp-PID`
 and an unvouched `.tar` of this node's are deleted first); the rest are kept, with their items'
 quarantine records. The result is the same bytes an uninterrupted run writes. A journal from a
 different command or input listing is refused unless `overwrite` (whole runs only) clears OUT.
@@ -61,8 +61,8 @@ from data_prep.sources import Item
 from data_prep.writer import ShardWriter, journal_name
 from pipeline import storage
 from pipeline.config import ShardConfig, to_dict
-from pipeline.durable import uninterrupted
-from pipeline.data.shard_format import MANIFEST_NAME, TMP_SUFFIX
+from pipeline.durable import final_name, uninterrupted
+from pipeline.data.shard_format import MANIFEST_NAME
 
 KILL_ENV = "VSSL_SHARD_TEST_KILL_AFTER_SHARDS"
 RUN_ONLY = ("workers", "timeout_s", "backend", "ray_address")  # settings that change how, not what
@@ -131,7 +131,7 @@ def _open_part(output: LocalOutput | StoreOutput, node: Node, mine: list[Planned
     if not records and any(n in names or n == MANIFEST_NAME for n in ours):
         raise ShardRunError(f"{output}: already holds shards not made by a resumable run; "
                             f"pass --overwrite or use another --out")
-    output.remove([n for n in ours if n.endswith(TMP_SUFFIX) and n.removesuffix(TMP_SUFFIX) in names])
+    output.remove([n for n in ours if final_name(n) in names])
     return records, set(ours)
 
 

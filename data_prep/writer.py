@@ -5,9 +5,10 @@
     writer.add(planned_shard, samples)       # the samples of one item of that shard, in plan order
     record = writer.close(planned_shard)     # the shard committed and recorded
 
-A shard is written as `{name}.tmp` in the output's staging folder, handed to the output to commit
-under its final name (data_prep/output.py: fsync + rename on a local disk, an upload to an object
-store), and only then recorded in the journal, so a `.tar` name is always a whole shard and a
+A shard is written at its temporary name (`{name}.tmp-PID`, pipeline/durable.py's temporary_name)
+in the output's staging folder, handed to the output to commit under its final name
+(data_prep/output.py: pipeline.durable.commit_file's fsync + rename on a local disk, an upload to an
+object store), and only then recorded in the journal, so a `.tar` name is always a whole shard and a
 journal record always names a complete one. A planned shard (data_prep/plan.py) whose items were
 all quarantined is recorded with no file. Tar headers are fixed (mtime 0, uid/gid 0, mode 0644),
 so the same samples always give the same bytes.
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from data_prep.plan import PlannedShard
 from data_prep.process import Sample
-from pipeline.data.shard_format import TMP_SUFFIX
+from pipeline.durable import atomic_write, temporary_name
 
 if TYPE_CHECKING:
     from data_prep.output import LocalOutput, StoreOutput
@@ -46,21 +47,21 @@ def journal_name(part: str) -> str:
     return f"{JOURNAL_STEM}{part}.jsonl"
 
 
+def json_lines(records: list[dict[str, Any]]) -> str:
+    """Records as JSON lines (keys sorted): the text of journals, their chunks and quarantine.jsonl."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+
+
 class JsonLines:
     """An append-only JSON-lines file (a local journal), each line fsync'ed.
 
-    Opening it rewrites the file atomically with the records to keep, so a line torn by a crash,
-    or records a resumed run drops, never sit in front of new ones.
+    Opening it rewrites the file atomically (pipeline.durable.atomic_write) with the records to
+    keep, so a line torn by a crash, or records a resumed run drops, never sit in front of new ones.
     """
 
     def __init__(self, path: Path, keep: list[dict[str, Any]]):
         self.path, self.records = path, list(keep)
-        tmp = path.with_name(path.name + TMP_SUFFIX)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in keep)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(json_lines(keep), encoding="utf-8"))
         self._file = open(path, "a", encoding="utf-8")
 
     @staticmethod
@@ -77,7 +78,7 @@ class JsonLines:
         return records
 
     def append(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        self._file.write(json_lines([record]))
         self._file.flush()
         os.fsync(self._file.fileno())
         self.records.append(record)
@@ -104,7 +105,7 @@ class _HashingFile:
 class _ShardFile:
     def __init__(self, output: LocalOutput | StoreOutput, name: str):
         self.output, self.name = output, name
-        self.tmp = output.staging / (name + TMP_SUFFIX)
+        self.tmp = temporary_name(output.staging / name)
         self._raw = open(self.tmp, "wb")
         self._hashing = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)

@@ -1,21 +1,32 @@
 """Helpers for files that must survive a crash or a Ctrl-C whole (shards, journals, checkpoints).
 
-    from pipeline.durable import atomic_write, fsync_dir, fsync_file, replace_folder, uninterrupted
+    from pipeline.durable import atomic_write, commit_file, final_name, replace_folder, temporary_name, uninterrupted
     atomic_write(path, lambda tmp: tmp.write_text(text))    # the one temporary-then-rename write
+    tmp = temporary_name(path); ...; commit_file(tmp, path)   # the same, for a file written over many calls
+    final_name("train-000000.tar.tmp-4242")   # "train-000000.tar": a leftover temporary is known by its name
     replace_folder(staging, final)   # a finished folder takes final's name, an old one stepping aside
     with uninterrupted():      # a Ctrl-C that lands in here is acted on when the block ends
         open_file_and_record_it()
+
+A new file is written at its temporary name `NAME.tmp-PID` (beside NAME, so the rename stays on one
+file system; the PID keeps two processes apart), flushed to disk, renamed to NAME, and the rename
+flushed: NAME is absent, the old file, or the whole new one. TMP_PATTERN is that suffix as a regular
+expression, for code that recognises leftovers of a crash among its own files.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+TMP_PATTERN = r"\.tmp-\d+"
+_TEMPORARY = re.compile(r"^(.+)" + TMP_PATTERN + "$")
 
 
 def fsync_file(path: str | Path) -> None:
@@ -54,20 +65,37 @@ def uninterrupted() -> Iterator[None]:
             signal.raise_signal(signal.SIGINT)  # now handled by whatever handler was there before
 
 
-def atomic_write(path: str | Path, write) -> Path:
-    """`write(tmp_path)` writes the file at a temporary sibling of `path`; it is then flushed to
-    disk and renamed into place, so `path` is either absent, the old file, or the whole new one."""
+def temporary_name(path: str | Path) -> Path:
+    """Where this process writes a new file for `path` before it takes that name: `NAME.tmp-PID`."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        fsync_file(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def final_name(name: str) -> str | None:
+    """The name a temporary file (`temporary_name`'s, of any process) was meant for; None for any other name."""
+    match = _TEMPORARY.match(name)
+    return match.group(1) if match else None
+
+
+def commit_file(tmp: str | Path, path: str | Path) -> Path:
+    """Flush the finished file `tmp` to disk, rename it to `path` and flush the rename."""
+    path = Path(path)
+    fsync_file(tmp)
+    os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp_path)` writes the whole file at its temporary name, which then replaces `path`
+    (commit_file), so `path` is either absent, the old file, or the whole new one. If `write` or
+    the commit fails, the temporary file is removed and `path` is untouched."""
+    tmp = temporary_name(path)
+    try:
+        write(tmp)
+        return commit_file(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def replace_folder(staging: str | Path, final: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """pipeline.durable: uninterrupted (a Ctrl-C inside the block is acted on after it, never inside it),
-atomic_write and replace_folder (the old content or the whole new one, nothing left beside)."""
+atomic_write, commit_file and replace_folder (the old content or the whole new one, nothing left
+beside), and the temporary name that marks a crash's leftovers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 
 import pytest
 
-from pipeline.durable import atomic_write, replace_folder, uninterrupted
+from pipeline.durable import atomic_write, commit_file, final_name, replace_folder, temporary_name, uninterrupted
 
 
 @pytest.fixture
@@ -69,6 +70,24 @@ def test_atomic_write_leaves_the_old_file_when_the_write_fails(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         atomic_write(path, half_then_fail)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_temporary_name_tells_the_name_it_was_meant_for(tmp_path):
+    tmp = temporary_name(tmp_path / "train-000000.tar")
+    assert tmp.parent == tmp_path and final_name(tmp.name) == "train-000000.tar"
+    assert final_name("train-000000.tar.tmp-4242") == "train-000000.tar"  # any process's leftover
+    for other in ("train-000000.tar", "train-000000.tar.tmp", "a.tmp-", "a.tmp-12x", ".tmp-12"):
+        assert final_name(other) is None, other
+
+
+def test_commit_file_renames_a_file_written_over_many_calls(tmp_path):
+    path = tmp_path / "shard.tar"
+    tmp = temporary_name(path)
+    with open(tmp, "wb") as f:
+        for piece in (b"a", b"b", b"c"):
+            f.write(piece)
+    assert commit_file(tmp, path) == path
+    assert path.read_bytes() == b"abc" and [p.name for p in tmp_path.iterdir()] == ["shard.tar"]
 
 
 def test_replace_folder_swaps_in_the_new_folder_and_removes_the_old(tmp_path):

@@ -13,7 +13,8 @@ and the names in a manifest may skip a number; readers take the names from the m
 
 Commit protocol (what makes a shard count). A name ending in `.tar` only ever holds a whole shard,
 and a shard counts only once a manifest.json written after it lists it:
-  - on a local disk a shard is written as `NAME.tar.tmp`, fsync'ed and renamed to `NAME.tar`;
+  - on a local disk a shard is written as `NAME.tar.tmp-PID`, fsync'ed and renamed to `NAME.tar`
+    (pipeline/durable.py);
   - on an object store (which has no rename) it is built in a local staging file and uploaded
     under its final name in one PUT or a multipart upload; S3-compatible stores make the object
     visible only when the PUT or CompleteMultipartUpload succeeds, so a killed upload leaves no
@@ -93,7 +94,6 @@ META_EXT = "json"
 BOXES_EXT = "boxes.json"
 MASKS_EXT = "masks.npz"
 KNOWN_EXTS = (VIDEO_EXT, META_EXT, BOXES_EXT, MASKS_EXT)
-TMP_SUFFIX = ".tmp"
 
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")
 # a shard named in a manifest is a plain file beside it: no folders, no "pipe:" or URL, no hidden name
