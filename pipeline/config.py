@@ -244,6 +244,7 @@ def _range(key: str, pair: tuple[float, float], low: float, high: float) -> None
 
 
 Decoder = Literal["decord", "torchcodec", "pyav"]  # pipeline/data/decode.py
+DecodeDevice = Literal["cpu", "cuda"]  # pipeline/data/decode.py (cuda: torchcodec's NVDEC; see loader.py)
 Sampling = Literal["random", "segment", "fps"]  # pipeline/data/sampling.py
 Crop = Literal["multiscale", "random_resized", "center"]  # pipeline/data/transforms.py
 MaskType = Literal["tube", "random", "running_cell", "multiblock", "none"]  # pipeline/data/masking.py
@@ -270,6 +271,7 @@ class DataConfig:
     # decoding
     decoder: Decoder = "decord"
     decode_timeout_s: float = 30.0  # > 0: decode in a killable helper; 0: in the worker, unbounded
+    decode_device: DecodeDevice = "cpu"  # cuda: torchcodec on the GPU, in the loader's process (needs timeout 0)
     # clip sampling
     sampling: Sampling = "random"
     num_frames: int = 16
@@ -321,6 +323,12 @@ class DataConfig:
                 raise ConfigError(f"data.{name}: must be >= 0, got {getattr(self, name)}")
         if self.decode_timeout_s < 0:
             raise ConfigError(f"data.decode_timeout_s: must be >= 0, got {self.decode_timeout_s}")
+        if self.decode_device == "cuda" and self.decoder != "torchcodec":
+            raise ConfigError(f"data.decode_device: cuda decodes with torchcodec only (NVDEC), not {self.decoder}; "
+                              f"set data.decoder=torchcodec or data.decode_device=cpu")
+        if self.decode_device == "cuda" and self.decode_timeout_s > 0:
+            raise ConfigError(f"data.decode_timeout_s: {self.decode_timeout_s:g}, but decode_device cuda decodes in the "
+                              f"loader's own process, where no timeout can stop a decode; set data.decode_timeout_s=0")
         if self.cache_size_gb <= 0:
             raise ConfigError(f"data.cache_size_gb: must be > 0, got {self.cache_size_gb}")
         if self.sampling == "fps" and self.target_fps <= 0:

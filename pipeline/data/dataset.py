@@ -20,17 +20,20 @@ bad_annotation, decode_error, decode_timeout, decoder_crashed, truncated_shard, 
 its key logged; the batch keeps its place in the schedule and is smaller by that sample, so every
 rank still yields the same number of batches (a batch whose every sample failed has zero clips).
 
-Clips leave a worker as uint8 in a reusable shared buffer (batch_ring.py), (B, T, H, W, C) in
-memory and viewed as (B, C, T, H, W) (torch.channels_last_3d); the loader hands them over
-(loader.py, normalize.py).
+A worker reads and parses a batch's samples (read_batch), then makes the batch with its
+BatchMaker (batch_maker.py: decode, crop, mask); clips leave it as uint8 in a reusable shared
+buffer (batch_ring.py), (B, T, H, W, C) in memory and viewed as (B, C, T, H, W)
+(torch.channels_last_3d); the loader hands them over (loader.py, normalize.py). With
+BatchSpec.decode_in_loader (decode_device cuda) the worker yields the parsed ReadBatch instead and
+the loader's process makes the batch: no decoding, and no ring, in the workers.
 
 Persistent workers (loader.py keeps its DataLoader workers across epochs): a worker's copy of this
 object is the one it got when it started, so each new iteration's (epoch, start_batch, whether the
 elastic remainder applies) comes from `iteration`, a small shared tensor the loader writes with
 `publish()` before it restarts the workers' iteration. Its generation number also ends, at its next
 batch, an iteration the loader has left (abandoned mid-epoch or restarted), so a worker does not
-decode batches of an old epoch that would only be dropped. The worker's decoder (with its decode
-helper process) and batch ring are made once and kept for the worker's life.
+decode batches of an old epoch that would only be dropped. The worker's batch maker (with its
+decode helper process) and batch ring are made once and kept for the worker's life.
 """
 
 from __future__ import annotations
@@ -47,26 +50,18 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipeline.data.batch_maker import BatchMaker, ParsedSample, ReadBatch, SkipSample
 from pipeline.data.batch_ring import BatchRing
-from pipeline.data.decode import DecodeError
-from pipeline.data.decode_process import keep_freed_memory, make_decoder
-from pipeline.data.masking import make_masker
-from pipeline.data.plan import EpochPlan, PlanSpec, StreamPlan, mix_seed
+from pipeline.data.decode_process import keep_freed_memory
+from pipeline.data.plan import EpochPlan, PlanSpec, StreamPlan
 from pipeline.data.remainder import Remainder, RemainderPlan
 from pipeline.data.sampling import ClipSampling
 from pipeline.data.shard_format import BOXES_EXT, MASKS_EXT, META_EXT, VIDEO_EXT, SampleMeta, ShardFormatError
 from pipeline.data.tar_reader import RawSample, read_segment
-from pipeline.data.transforms import ClipTransform, TransformSpec
+from pipeline.data.transforms import TransformSpec
 
 log = logging.getLogger("vssl.data")
-MASK_IGNORE = 255  # `masks` value for clips of samples without masks in a batch that has some
 ANNOTATION_EXTS = {"boxes": BOXES_EXT, "masks": MASKS_EXT}  # batch key -> the sample member it comes from
-
-
-class SkipSample(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -84,6 +79,8 @@ class BatchSpec:
     mask_block_aspect: tuple[float, float]
     annotations: frozenset[str] = frozenset()  # of ANNOTATION_EXTS: the ones the consumer reads
     source_strides: tuple[int, ...] = ()  # frame step per data source (DataConfig.source_strides); () = sampling's
+    decode_device: str = "cpu"  # where frames are decoded and cropped (data.decode_device)
+    decode_in_loader: bool = False  # workers only read; the loader's process decodes (batch_maker.py)
 
     def sampling_of(self, source: int) -> ClipSampling:
         """The clip sampling of a sample from data source `source`: `sampling` with that source's step."""
@@ -195,41 +192,44 @@ class ClipDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         spec = self.batch_spec
-        if info is None:  # in the main process: a decoder for this iteration only, no ring
-            decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
+        if info is None:  # in the main process: a batch maker for this iteration only, no ring
+            maker = None if spec.decode_in_loader else BatchMaker(spec)
             try:
-                yield from self._batches(self.plan(), self.start_batch, 0, 1, decoder, None, None)
+                yield from self._batches(self.plan(), self.start_batch, 0, 1, maker, None, None)
             finally:
-                decoder.close()
+                if maker is not None:
+                    maker.close()
             return
-        decoder, ring = self._worker_tools(info.id)
-        ring.settle()
+        maker, ring = self._worker_tools(info.id)
+        if ring is not None:
+            ring.settle()
         if self.iteration is None:  # a plain DataLoader over this dataset: its fork-time attributes
             plan, start, generation = self.plan(), self.start_batch, None
         else:
             generation, epoch, start, remainder_on = (int(x) for x in self.iteration)
             plan = self.plan(epoch) if remainder_on else EpochPlan(self.plan_spec, epoch, self.rank, self.world_size)
-        yield from self._batches(plan, start, info.id, info.num_workers, decoder, ring, generation)
+        yield from self._batches(plan, start, info.id, info.num_workers, maker, ring, generation)
 
     def _worker_tools(self, worker: int) -> tuple:
-        """This worker's decoder and batch ring, made on its first iteration and kept for its life
-        (the decoder's helper process is closed when the worker exits)."""
+        """This worker's batch maker (with its decoder's helper process, closed when the worker
+        exits) and batch ring, made on its first iteration and kept for its life; (None, None)
+        when the loader decodes (decode_in_loader): the worker then only reads."""
         if self._tools is None:
             keep_freed_memory()
-            spec = self.batch_spec
-            decoder = make_decoder(spec.decoder, spec.sampling, spec.decode_timeout_s)
-            Finalize(self, decoder.close, exitpriority=0)
-            self._tools = decoder, BatchRing(self.released, worker, self.ring_slots)
+            if self.batch_spec.decode_in_loader:
+                self._tools = None, None
+            else:
+                maker = BatchMaker(self.batch_spec)
+                Finalize(self, maker.close, exitpriority=0)
+                self._tools = maker, BatchRing(self.released, worker, self.ring_slots)
         return self._tools
 
-    def _batches(self, plan: EpochPlan | RemainderPlan, start: int, worker: int, workers: int, decoder,
-                 ring: BatchRing | None, generation: int | None):
+    def _batches(self, plan: EpochPlan | RemainderPlan, start: int, worker: int, workers: int,
+                 maker: BatchMaker | None, ring: BatchRing | None, generation: int | None):
         """Batches start + worker, + workers, ... of the plan, until it ends or the loader publishes
-        another generation than `generation` (None: never)."""
-        spec, streams = self.batch_spec, self.plan_spec.streams
-        transform = ClipTransform(spec.transform)
-        masker = make_masker(spec.mask_type, spec.mask_ratio, spec.grid, spec.mask_block_scale,
-                             spec.mask_block_aspect)
+        another generation than `generation` (None: never): (batch, events) made by `maker`, or
+        without one the ReadBatch for the loader to make."""
+        streams = self.plan_spec.streams
         readers: dict[int, StreamReader] = {}
         try:
             for j in range(start + worker, plan.batches_per_rank, workers):
@@ -237,16 +237,17 @@ class ClipDataset(IterableDataset):
                     return  # the loader has left this iteration: its batches would be dropped
                 v = j % streams
                 if v not in readers:
-                    readers[v] = StreamReader(plan.stream(v), len(range(v, start, streams)), spec.members)
-                raws = readers[v].take_batch(j // streams)
-                yield self._batch(raws, readers[v].plan, plan.mask_seed(j), decoder, transform, masker,
-                                  ring, worker)
+                    readers[v] = StreamReader(plan.stream(v), len(range(v, start, streams)),
+                                              self.batch_spec.members)
+                read = self.read_batch(readers[v].take_batch(j // streams), readers[v].plan, plan.mask_seed(j), worker)
+                yield read if maker is None else maker.make(read, ring)
         finally:
             for reader in readers.values():
                 reader.close()
 
-    def _clips(self, raw: RawSample, decoder, transform: ClipTransform, seed: int) -> tuple[SampleMeta, list]:
-        """The sample's views [(video, boxes, masks)], or SkipSample saying why it cannot be used."""
+    def _parse(self, raw: RawSample, stream: StreamPlan) -> ParsedSample:
+        """The sample's metadata and annotations parsed, its video still encoded; SkipSample saying
+        why it cannot be used."""
         if raw.error is not None:
             raise SkipSample(raw.error, f"position {raw.pos} of the stream")
         if META_EXT not in raw.members:
@@ -259,71 +260,16 @@ class ClipDataset(IterableDataset):
             raise SkipSample("missing_video", f"{raw.key}.{VIDEO_EXT} missing")
         boxes = _read_boxes(raw.members[BOXES_EXT], raw.key) if BOXES_EXT in raw.members else None
         masks = _read_masks(raw.members[MASKS_EXT], raw.key) if MASKS_EXT in raw.members else None
-        try:
-            decoded = decoder.decode(raw.key, raw.members[VIDEO_EXT], mix_seed(seed, 0), meta.num_frames,
-                                     self.batch_spec.sampling_of(raw.source))
-        except DecodeError as e:
-            raise SkipSample(e.reason, e.detail) from None
-        frames = decoded.frames
-        if masks is not None and masks.shape[1:] != tuple(frames.shape[1:3]):
-            raise SkipSample("bad_annotation", f"{raw.key}.{MASKS_EXT}: size {masks.shape[1:]}, "
-                                               f"video {tuple(frames.shape[1:3])}")
-        views = []
-        for c, where in enumerate(decoded.where):
-            whole = len(where) == len(frames) and bool((where == np.arange(len(where))).all())
-            # numpy gathers frames at memcpy speed; torch's advanced indexing is ~30x slower on uint8
-            clip = torch.from_numpy(frames if whole else frames[where])
-            ids = decoded.frame_ids[where]
-            views.extend(transform(clip.permute(0, 3, 1, 2), _frames_of(boxes, ids, raw.key, BOXES_EXT),
-                                   _frames_of(masks, ids, raw.key, MASKS_EXT), seed=mix_seed(seed, 1 + c)))
-        return meta, views
+        return ParsedSample(raw.key, raw.shard, raw.source, meta, raw.members[VIDEO_EXT], boxes, masks,
+                            stream.sample_seed(raw.pos), stream.is_padding(raw.pos))
 
-    def _batch(self, raws: list[RawSample], stream: StreamPlan, mask_seed: int, decoder,
-               transform: ClipTransform, masker, ring: BatchRing | None, worker: int) -> tuple[dict, dict]:
-        spec = self.batch_spec
-        size, frames = spec.transform.crop_size, spec.sampling.num_frames
-        # uint8 (B, T, H, W, C) memory: the crops come out of the transform channels-last, so each
-        # clip lands with one plain copy; handed over as a (B, C, T, H, W) view of it
-        shape = (len(raws) * spec.clips_per_sample, frames, size, size, 3)
-        video, slot = ring.buffer(shape) if ring is not None else (torch.empty(shape, dtype=torch.uint8), 0)
-        labels, keys, boxes, masks, padded = [], [], [], [], []
-        skipped: Counter = Counter()
-        decoded = 0
+    def read_batch(self, raws: list[RawSample], stream: StreamPlan, mask_seed: int, worker: int) -> ReadBatch:
+        """The batch's samples parsed (skips counted and logged), ready for a BatchMaker."""
+        samples, skipped = [], Counter()
         for raw in raws:
             try:
-                meta, views = self._clips(raw, decoder, transform, stream.sample_seed(raw.pos))
+                samples.append(self._parse(raw, stream))
             except SkipSample as e:
                 skipped[e.reason] += 1
                 log.warning("skipped sample %r of %s (%s): %s", raw.key, raw.shard, e.reason, e.detail)
-                continue
-            decoded += 1
-            for clip, clip_boxes, clip_masks in views:
-                video[len(keys)].copy_(clip.permute(0, 2, 3, 1))  # copy now: clip may view decoder memory
-                keys.append(raw.key)
-                labels.append(meta.label)
-                padded.append(stream.is_padding(raw.pos))
-                boxes.append(clip_boxes)
-                masks.append(clip_masks)
-        n = len(keys)
-        video = video[:n].permute(0, 4, 1, 2, 3)
-        generator = torch.Generator().manual_seed(mask_seed)
-        batch = {"video": video, "label": torch.tensor(labels, dtype=torch.long), "key": keys,
-                 "mask": masker(n, generator), "clips_per_sample": spec.clips_per_sample,
-                 "padded": torch.tensor(padded, dtype=torch.bool)}
-        if any(b is not None for b in boxes):
-            nan = torch.full((frames, 4), float("nan"))
-            batch["boxes"] = torch.stack([nan if b is None else b for b in boxes])
-        if any(m is not None for m in masks):
-            ignore = torch.full((frames, size, size), MASK_IGNORE, dtype=torch.uint8)
-            batch["masks"] = torch.stack([ignore if m is None else m for m in masks])
-        return batch, {"samples": decoded, "clips": n, "skipped": dict(skipped), "worker": worker, "slot": slot,
-                       "pid": os.getpid()}
-
-
-def _frames_of(annotation: np.ndarray | None, ids: np.ndarray, key: str, ext: str) -> torch.Tensor | None:
-    """The clip's frames of a per-frame annotation array."""
-    if annotation is None:
-        return None
-    if ids.max() >= len(annotation):
-        raise SkipSample("bad_annotation", f"{key}.{ext}: {len(annotation)} frames, clip needs frame {ids.max()}")
-    return torch.from_numpy(annotation[ids])
+        return ReadBatch(samples, mask_seed, skipped, worker, os.getpid())

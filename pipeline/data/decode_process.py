@@ -50,13 +50,13 @@ SLEEP_KEY_ENV = "VSSL_TEST_DECODE_SLEEP_KEY"
 
 
 class InProcessDecoder:
-    def __init__(self, decoder: str, sampling: ClipSampling):
-        self.decoder, self.sampling = decoder, sampling
+    def __init__(self, decoder: str, sampling: ClipSampling, device: str = "cpu"):
+        self.decoder, self.sampling, self.device = decoder, sampling, device
 
     def decode(self, key: str, data: bytes, seed: int, frame_limit: int,
                sampling: ClipSampling | None = None) -> DecodedClips:
         """The sample's clips, sampled by `sampling` (None: the decoder's own)."""
-        return decode_clips(self.decoder, data, sampling or self.sampling, seed, frame_limit)
+        return decode_clips(self.decoder, data, sampling or self.sampling, seed, frame_limit, self.device)
 
     def close(self) -> None:
         pass
@@ -182,9 +182,11 @@ def keep_freed_memory() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
 
 
-def make_decoder(decoder: str, sampling: ClipSampling, timeout_s: float) -> InProcessDecoder | IsolatedDecoder:
-    """The worker's decoder: isolated in a helper process when timeout_s > 0."""
-    return IsolatedDecoder(decoder, sampling, timeout_s) if timeout_s > 0 else InProcessDecoder(decoder, sampling)
+def make_decoder(decoder: str, sampling: ClipSampling, timeout_s: float,
+                 device: str = "cpu") -> InProcessDecoder | IsolatedDecoder:
+    """A decoder: isolated in a helper process when timeout_s > 0 (CPU only: DataConfig.validate
+    refuses a timeout with decode_device cuda), else decoding on `device` in this process."""
+    return IsolatedDecoder(decoder, sampling, timeout_s) if timeout_s > 0 else InProcessDecoder(decoder, sampling, device)
 
 
 def _die_with_parent(parent: int) -> None:

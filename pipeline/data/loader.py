@@ -30,6 +30,13 @@ stats()["wait_s"] counts that hand-over as time waiting for data. The trainer se
 its accelerator. Those buffers live in /dev/shm: build_loader refuses (ConfigError) a setup whose
 workers' buffers (prefetch_factor + 2 batches each, for every rank on the node) would not fit it.
 
+GPU decoding (data.decode_device=cuda, data.decoder=torchcodec, data.decode_timeout_s=0): CUDA
+cannot run in forked DataLoader workers, so the workers only read and parse samples and this
+process decodes them with NVDEC, crops and masks them (batch_maker.py; build_loader's
+decode_in_loader runs the same path on the CPU). The uint8 video is then made on the GPU, not in
+shared memory; with device None it is handed over there, with "cpu" copied back first. That time
+counts in stats()["wait_s"] too.
+
 Epochs: every rank yields exactly len(loader) batches (see plan.py for the policy); iterating to
 the end moves to the next epoch; set_epoch(e) jumps to the start of epoch e. Order is a function
 of (seed, epoch, rank, world_size, batch_size, streams_per_rank, shards) only (and, in the epoch
@@ -83,6 +90,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import storage
 from pipeline.config import ConfigError, DataConfig
+from pipeline.data.batch_maker import BatchMaker
 from pipeline.data.batch_ring import new_release_counters
 from pipeline.data.dataset import ANNOTATION_EXTS, BatchSpec, ClipDataset
 from pipeline.data.decode import check_decoder
@@ -113,6 +121,7 @@ class ClipLoader:
         self._generation = 0  # of the newest iteration; an older one raises if resumed
         self._in_use: int | None = None  # the worker whose ring slot backs the uint8 batch last handed out
         self._held: dict[tuple[int, int], torch.Tensor] = {}  # keeps each ring slot mapped in this process
+        self._maker: BatchMaker | None = None  # decode_in_loader: makes the batches the workers read, here
 
     def __len__(self) -> int:
         return self.dataset.plan(self.epoch).batches_per_rank
@@ -134,11 +143,13 @@ class ClipLoader:
             while self.batches_done < total:
                 t0 = time.perf_counter()
                 self._release_in_use()
-                batch, events = self._next(source, total)
+                batch, events = self._make(self._next(source, total))
                 self.worker_pids[events["worker"]] = events["pid"]
-                if self.num_workers > 0:
+                if self.num_workers > 0 and events["slot"] is not None:
                     self._held[events["worker"], events["slot"]] = batch["video"]
-                self._in_use = events["worker"]  # device None: its slot is freed when the next batch is asked for
+                    self._in_use = events["worker"]  # device None: its slot is freed when the next batch is asked for
+                if batch["video"].is_cuda and self.device is not None and self.device.type == "cpu":
+                    batch["video"] = batch["video"].cpu()  # decoded on the GPU, handed over on the CPU
                 if self.device is not None:
                     batch = batch_to_device(batch, self.device, spec.mean, spec.std)
                     self._release_in_use()  # copied or normalised: the slot is free again
@@ -176,7 +187,16 @@ class ClipLoader:
             self.close()  # a worker died since the last iteration: the next one starts new ones
             raise
 
-    def _next(self, source, total: int) -> tuple[dict, dict]:
+    def _make(self, item) -> tuple[dict, dict]:
+        """(batch, events): as a worker made it, or made here from the ReadBatch a worker read
+        (decode_in_loader: batch_maker.py)."""
+        if not self.dataset.batch_spec.decode_in_loader:
+            return item
+        if self._maker is None:
+            self._maker = BatchMaker(self.dataset.batch_spec)
+        return self._maker.make(item)
+
+    def _next(self, source, total: int):
         try:
             return next(source)
         except StopIteration:
@@ -200,6 +220,9 @@ class ClipLoader:
             self._workers._iterator._shutdown_workers()  # what torch runs when its iterator is collected
         self._workers = None
         self._held.clear()
+        if self._maker is not None:
+            self._maker.close()  # its decode helper, if any
+            self._maker = None
 
     def stats(self) -> dict:
         """Counters since construction, for the trainer's logs."""
@@ -321,19 +344,26 @@ def _check_clip_fits(shard: ShardRef, sampling: ClipSampling, stride_key: str = 
 def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size: tuple[int, int, int] = (2, 16, 16),
                  split: str | None = "train", train: bool | None = None,
                  device: torch.device | str | None = "cpu",
-                 annotations: Collection[str] = ()) -> ClipLoader:
+                 annotations: Collection[str] = (), decode_in_loader: bool | None = None) -> ClipLoader:
     """The loader for this rank. train (default: split == "train") picks random clips, crops,
     flips and shuffling; otherwise fixed order, multi-view clips, every sample (padded to equal
     batches by wrapping around). device: where batches are handed over (see the module doc).
     annotations: the per-frame annotations the consumer reads ("boxes", "masks"); no others are
-    read from the shards (pipeline/tasks/finetune.py TASK_ANNOTATIONS says which task needs which)."""
+    read from the shards (pipeline/tasks/finetune.py TASK_ANNOTATIONS says which task needs which).
+    decode_in_loader: workers only read and parse samples, this process decodes and crops them
+    (batch_maker.py); None: exactly when data.decode_device is cuda (which requires it). True on
+    the CPU runs the GPU's code path there (tests, benchmarks)."""
     cfg.validate()
     unknown = sorted(set(annotations) - set(ANNOTATION_EXTS))
     if unknown:
         raise ConfigError(f"annotations: {unknown[0]!r} is not one of {tuple(ANNOTATION_EXTS)}")
     train = split == "train" if train is None else train
+    on_gpu = cfg.decode_device == "cuda"
+    if decode_in_loader is False and on_gpu:
+        raise ConfigError("data.decode_device: cuda decodes in the loader's process (CUDA fails in forked "
+                          "DataLoader workers); decode_in_loader=False cannot apply")
     try:
-        check_decoder(cfg.decoder)
+        check_decoder(cfg.decoder, cfg.decode_device)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     pt, ph, pw = patch_size
@@ -364,14 +394,16 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
     grid = (cfg.num_frames // pt, cfg.crop_size // ph, cfg.crop_size // pw)
     batch_spec = BatchSpec(sampling, transform, cfg.decoder, cfg.decode_timeout_s, cfg.mean, cfg.std, grid,
                            cfg.mask_type, cfg.mask_ratio, cfg.mask_block_scale, cfg.mask_block_aspect,
-                           frozenset(annotations), strides)
+                           frozenset(annotations), strides, cfg.decode_device,
+                           on_gpu if decode_in_loader is None else decode_in_loader)
     try:  # fail now, not in a worker, on a mask the grid cannot take
         make_masker(cfg.mask_type, cfg.mask_ratio, grid)
     except ValueError as e:
         raise ConfigError(f"data.mask_type: {e}") from None
     # prefetch_factor batches per worker are in flight; two more ring slots keep workers from waiting
     ring_slots = cfg.prefetch_factor + 2
-    _check_shared_memory(cfg, batch_spec.clips_per_sample, ring_slots)
+    if not batch_spec.decode_in_loader:  # else the workers hand over encoded bytes, no rings
+        _check_shared_memory(cfg, batch_spec.clips_per_sample, ring_slots)
     dataset = ClipDataset(plan_spec, batch_spec, rank, world_size, ring_slots=ring_slots)
     loader = ClipLoader(dataset, cfg.num_workers, cfg.prefetch_factor, device)
     if len(loader) == 0:
