@@ -70,6 +70,7 @@ from benchmarks.common import synthetic_shards
 from benchmarks.model import best_times
 from benchmarks.train import MemoryLoader
 from pipeline.config import PretrainConfig, load_config
+from pipeline.recipe_files import recipe_path
 from pipeline.data.loader import shm_free_bytes
 from pipeline.durable import atomic_write
 from pipeline.train import checkpoint as ck
@@ -78,7 +79,7 @@ from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import STOP_FILE_ENV, train
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPE = ROOT / "recipes" / "pretrain" / "videomae_vit_b_k400.yaml"
+RECIPE = recipe_path("pretrain/videomae_vit_b_k400.yaml")
 OUT_ENV = "VSSL_BENCH_OUT"
 BUDGET_S = 450.0  # the phases together; start-up and clean-up keep the command under 8 minutes
 STOP_MARGIN_S = 25.0  # a run is asked to stop (checkpoint, exit) this long before its phase's bound
@@ -384,7 +385,7 @@ def phase_deepspeed(state: State) -> dict:
     sets = [*state.plan.overrides, *state.data, f"train.output_dir={out}", f"train.max_steps={steps}",
             f"train.checkpoint_every={steps}", f"train.log_every={max(1, steps // 2)}", "train.resume=never"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed", "--deepspeed_config_file",
-           str(ROOT / "recipes" / "deepspeed" / "zero2.json"), "--num_processes", "1", "--num_machines", "1",
+           str(recipe_path("deepspeed/zero2.json")), "--num_processes", "1", "--num_machines", "1",
            "--main_process_port", str(_free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "pipeline.cli", "pretrain", str(RECIPE), *[a for s in sets for a in ("--set", s)]]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from benchmarks.common import synthetic_shards
 from pipeline.config import PretrainConfig, load_config
+from pipeline.recipe_files import recipe_path
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "pretrain" / "quickstart.yaml"
+RECIPE = recipe_path("pretrain/quickstart.yaml")
 WARMUP = 3
 
 

@@ -29,6 +29,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
+from pipeline.recipe_files import recipe_path
+
 T = TypeVar("T")
 
 
@@ -196,9 +198,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    """A recipe file's mapping; `path` may also name a shipped recipe (pipeline/recipe_files.py)."""
+    path = recipe_path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
+        raise ConfigError(f"{path}: recipe file not found (nor a shipped one, named as under recipes/: "
+                          f"pretrain/quickstart.yaml)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

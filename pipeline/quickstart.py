@@ -4,14 +4,15 @@
 
 1. `vssl synth`    labelled synthetic videos (motion classes, boxes, masks) -> OUT/raw
 2. `vssl shard`    the Kinetics-style CSV -> WebDataset shards + manifest -> OUT/shards
-3. `vssl pretrain` recipes/pretrain/quickstart.yaml (VideoMAE, tiny ViT) -> OUT/pretrain
-4. `vssl probe`    recipes/probe/synth.yaml, k-NN on frozen features, twice: --init OUT/pretrain
+3. `vssl pretrain` pretrain/quickstart.yaml (VideoMAE, tiny ViT) -> OUT/pretrain
+4. `vssl probe`    probe/synth.yaml, k-NN on frozen features, twice: --init OUT/pretrain
    -> OUT/probe/pretrained, and the same architecture at random init -> OUT/probe/random
    (what pretraining bought, measured as the field measures it; the fine-tuning verbs are in
    the README)
 
 Every step is the real verb, called as a user would, and each is resumable: re-running skips
 finished synthesis, finished shards and finished training steps (and reuses cached features).
+The recipes are named as shipped (pipeline/recipe_files.py), so this runs from any install.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +68,12 @@ def run(args: argparse.Namespace) -> int:
     _step("shard", ["shard", str(raw / "kinetics.csv"), "--root", str(raw / "videos"), "--classes",
                     str(raw / "classes.txt"), "--out", str(shards), "--workers", str(args.workers),
                     "--inputs-per-shard", "32"])
-    _step("pretrain", ["pretrain", str(RECIPES / "pretrain" / "quickstart.yaml"), "--set", f"data.shards={shards}",
+    _step("pretrain", ["pretrain", "pretrain/quickstart.yaml", "--set", f"data.shards={shards}",
                        "--set", f"train.output_dir={pretrain}", "--set", f"train.max_steps={args.steps}",
                        "--set", f"data.num_workers={args.workers}"])
     probes = {}
     for name, init in (("pretrained", ["--init", str(pretrain)]), ("random", [])):
-        _step(f"probe ({name})", ["probe", str(RECIPES / "probe" / "synth.yaml"), *init, "--out",
+        _step(f"probe ({name})", ["probe", "probe/synth.yaml", *init, "--out",
                                   str(out / "probe" / name), "--set", f"data.shards={shards}", "--set",
                                   "probe.methods=[knn]", "--set", f"data.num_workers={args.workers}"])
         probes[name] = json.loads((out / "probe" / name / "probe.json").read_text())
