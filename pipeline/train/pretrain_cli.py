@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.train.trainer import TrainingError, train
 
     cfg = load_config(PretrainConfig, args.recipe, args.overrides)
-    if not cfg.data.shards:
+    if not cfg.data.shards and not cfg.data.sources:  # a data.sources mix names its shards per source
         raise ConfigError("data.shards: no shards given (set it in the recipe or with --set data.shards=PATH)")
     try:
         result = train(recorded_config(cfg), build_objective, build_train_loader)
