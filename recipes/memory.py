@@ -27,9 +27,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout root: benchmarks/, pipeline/
 
-from benchmarks.model import LiveStorageBytes  # noqa: E402
+try:
+    from benchmarks.model import LiveStorageBytes
+except ImportError:  # an installed copy of recipes/ (pipeline/recipes) has no benchmarks/ beside it
+    raise SystemExit("recipes/memory.py: run it from a vssl checkout (it measures with benchmarks/model.py)") from None
 from pipeline.config import FinetuneConfig, PretrainConfig, load_config, read_yaml  # noqa: E402
 
 GB = 1e9
@@ -50,7 +53,8 @@ def _build(recipe: str, overrides: list[str], depth: int | None, meta: bool = Fa
         if _is_finetune(recipe):
             cfg = load_config(FinetuneConfig, recipe, [*overrides, *cut])
             if not cfg.task.num_classes:
-                raise SystemExit("task.num_classes: 0 reads the manifest's classes; give it with --set task.num_classes=N")
+                raise SystemExit("task.num_classes: 0 reads the manifest's classes; "
+                                 "give it with --set task.num_classes=N")
             encoder = build_encoder(cfg.model, cfg.data.num_frames, cfg.data.crop_size)
             return make_task_loss(cfg, build_task_model(cfg, encoder)), cfg
         cfg = load_config(PretrainConfig, recipe, [*overrides, *cut])
