@@ -14,6 +14,9 @@ shortens runs instead of losing them; figures cover the steps that ran. The repo
 3 model        ViT-B (vit_base_joint, 16x224x224, tubelet 2x16x16) bf16 autocast forward+backward
                on 32 clips (quick 16), best of 10 (quick 3) repeats; FLOPs 3 x the model's
                analytic forward count -> mfu_bf16_vit_b
+  decode       (after model) GPU vs CPU video decoding through the loader: benchmarks/loader.py's
+               gpu_decode_vs_cpu at its --quick size (torchcodec NVDEC in the loader's process vs
+               torchcodec in one worker per core, same shards) -> gpu_decode_vs_cpu
 4 pretrain     120 steps (quick 40) of recipes/pretrain/videomae_vit_b_k400.yaml (its batch; data
                workers at most cores - 2 and what /dev/shm holds) through the real trainer,
                logging every 5 steps. Timed at the loader over the steps after the first 20
@@ -84,11 +87,12 @@ OUT_ENV = "VSSL_BENCH_OUT"
 BUDGET_S = 450.0  # the phases together; start-up and clean-up keep the command under 8 minutes
 STOP_MARGIN_S = 25.0  # a run is asked to stop (checkpoint, exit) this long before its phase's bound
 GOALS = {"mfu_bf16_vit_b": (">=", 0.45), "pretrain_mfu": (">=", 0.35), "data_wait_fraction": ("<", 0.05),
-         "syncs_per_step": ("<=", 2.0)}
+         "syncs_per_step": ("<=", 2.0), "gpu_decode_vs_cpu": (">=", 3.0)}
 METRICS = ("mfu_bf16_vit_b", "pretrain_mfu", "pretrain_clips_per_s", "data_wait_fraction", "peak_mem_gb",
            "syncs_per_step", "compile_speedup", "deepspeed_ok", "resume_clips_per_s_ratio",
            "resume_step_time_ratio", "pretrain_mfu_trainer_side", "syncs_per_logging_step",
-           "model_only_clips_per_s", "pretrain_vs_model_only", "deepspeed_clips_per_s")
+           "model_only_clips_per_s", "pretrain_vs_model_only", "deepspeed_clips_per_s", "gpu_decode_vs_cpu",
+           "gpu_decode_clips_per_s", "cpu_decode_clips_per_s", "nvdec_cpu_fallback")
 TINY = ("model.name=vit_tiny_joint", "model.overrides.depth=1", "objective.decoder_dim=32",
         "objective.decoder_depth=1", "objective.decoder_heads=2", "data.num_frames=8", "data.frame_stride=2",
         "data.crop_size=64", "data.batch_size=2", "data.num_workers=1", 'train.mixed_precision="no"')
@@ -112,7 +116,8 @@ class Plan:
     overrides: tuple = ()
     skip: tuple = ()  # phases left out
     bounds: dict = field(default_factory=lambda: {  # phase: (most seconds, least seconds left to start)
-        "environment": (30, 0), "data": (120, 20), "model": (90, 20), "pretrain": (180, 60), "resume": (75, 40),
+        "environment": (30, 0), "data": (120, 20), "model": (90, 20), "decode": (75, 30), "pretrain": (180, 60),
+        "resume": (75, 40),
         "syncs": (75, 40), "deepspeed": (120, 60), "compile": (180, 60)})
 
 
@@ -309,6 +314,15 @@ def phase_model(state: State) -> dict:
     return {"mfu_bf16_vit_b": value, "model_step_ms": seconds * 1e3, "model_tflops": flops / seconds / 1e12}
 
 
+def phase_decode(state: State) -> dict:
+    if state.device.type != "cuda":
+        print("decode: no CUDA device, GPU decoding not measured", flush=True)
+        return {}
+    from benchmarks.loader import gpu_decode_comparison
+
+    return gpu_decode_comparison(quick=True)["metrics"]
+
+
 def phase_pretrain(state: State) -> dict:
     steps, warmup = state.plan.steps
     probe = StepProbe(keep=True)
@@ -429,7 +443,8 @@ def phase_compile(state: State) -> dict:
     return fig
 
 
-PHASES = {"environment": phase_environment, "data": phase_data, "model": phase_model, "pretrain": phase_pretrain,
+PHASES = {"environment": phase_environment, "data": phase_data, "model": phase_model, "decode": phase_decode,
+          "pretrain": phase_pretrain,
           "resume": phase_resume, "syncs": phase_syncs, "deepspeed": phase_deepspeed, "compile": phase_compile}
 
 

@@ -1,6 +1,7 @@
 """Loader throughput against peers on the same videos, decoder and number of worker processes.
 
     python -m benchmarks loader [--quick]
+    python -m benchmarks loader --device cuda [--quick]     # GPU decoding only (gpu_decode_vs_cpu)
 
 It writes textured 64-frame H.264 videos (GOP 16; 568x320, Kinetics as pretraining reads it --
 short side 320 -- or 128x128 with --quick) into a temp dir, once as tar shards + manifest and once
@@ -38,6 +39,16 @@ clips/s are reported as *_wall.
                            cold) / the loader on the local shards; the server's CPU is left out
                            (a store is another machine), the _wall figure includes its load on
                            these 2 cores. null when moto is not installed.
+
+With --device cuda (refused in one line without a CUDA device or a working torchcodec) it
+measures only GPU decoding, on a machine's cores and GPU together, in wall-clock clips/s:
+
+    gpu_decode_vs_cpu      torchcodec decoding on the GPU (NVDEC, data.decode_device=cuda: in the
+                           loader's process, 2 workers reading) / torchcodec decoding on the CPU
+                           in one loader worker per core; same shards (568x320, GOP 16), same
+                           224 px crops of 16-frame clips, batches handed over on the GPU, a CUDA
+                           sync per batch; also each rate, the worker count and whether NVDEC
+                           fell back to the CPU (nvdec_cpu_fallback)
 """
 
 from __future__ import annotations
@@ -292,7 +303,47 @@ def print_rates(best: dict, size: tuple[int, int], crop: int, clips: int, rounds
           f"batches handed over {'on ' + HAND_OVER if HAND_OVER else 'as uint8'}]", flush=True)
 
 
-def run(quick: bool) -> dict:
+def gpu_decode_comparison(quick: bool) -> dict:
+    """gpu_decode_vs_cpu: see the module docstring."""
+    from pipeline.data.decode import torchcodec_problem
+
+    if not torch.cuda.is_available():
+        raise SystemExit("python -m benchmarks loader --device cuda: torch sees no CUDA device here")
+    problem = torchcodec_problem()
+    if problem is not None:
+        raise SystemExit(f"python -m benchmarks loader --device cuda: {problem}")
+    from torchcodec.decoders import VideoDecoder
+
+    size, crop, cores = (320, 568), 224, os.cpu_count() or 1
+    videos, clips, rounds = (32, 640, 1) if quick else (64, 1920, 2)
+    sync = lambda b: (torch.cuda.synchronize(), len(b["key"]))[1]  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_dataset(Path(tmp) / "main", videos, size)
+        probe = VideoDecoder((folder / "v00000.mp4").read_bytes(), device="cuda")
+        probe.get_frame_at(0)
+        fallback = bool(probe.cpu_fallback)
+        best = {"cpu": 0.0, "gpu": 0.0}
+        for _ in range(rounds):
+            for name, decode_device, workers in (("cpu", "cpu", cores), ("gpu", "cuda", WORKERS)):
+                cfg = DataConfig(shards=str(folder), num_frames=FRAMES, frame_stride=STRIDE, crop_size=crop,
+                                 batch_size=8, num_workers=workers, resampled=True, epoch_samples=clips,
+                                 decoder="torchcodec", decode_device=decode_device, decode_timeout_s=0.0)
+                loader = build_loader(cfg, patch_size=(2, 16, 16), device="cuda")
+                _, per_s = measure(loader, sync, clips // 8, warmup=workers)
+                loader.close()
+                best[name] = max(best[name], per_s)
+                print(f"torchcodec on {name:3s}: {per_s:7.1f} clips/s ({workers} workers)", flush=True)
+    ratio = best["gpu"] / best["cpu"]
+    print(f"GPU decode / CPU decode ({cores} cores): {ratio:.2f}x; NVDEC fell back to the CPU: {fallback}", flush=True)
+    metrics = {"gpu_decode_vs_cpu": round(ratio, 3), "gpu_decode_clips_per_s": round(best["gpu"], 1),
+               "cpu_decode_clips_per_s": round(best["cpu"], 1), "cpu_decode_workers": cores,
+               "nvdec_cpu_fallback": fallback}
+    return {"metrics": metrics, "goals": {"gpu_decode_vs_cpu": ">= 3.0"}}
+
+
+def run(quick: bool, device: str = "cpu") -> dict:
+    if device == "cuda":
+        return gpu_decode_comparison(quick)
     # full: Kinetics as pretraining reads it (short side 320, 16:9), then the 224x224 worst case
     # for the loader (the cheapest decode against the same crop work) for loader_vs_bare_decode_224px
     size, crop, videos, clips, rounds = ((128, 128), 112, 24, 320, 2) if quick else ((320, 568), 224, 48, 640, 3)

@@ -37,7 +37,7 @@ def test_cpu_quick_run_prints_null_gpu_figures_and_writes_its_report(tmp_path):
     assert "goal syncs_per_step <= 2: not measured" in proc.stdout
     report = json.loads((tmp_path / "gpu-quick.json").read_text())
     status = {name: phase["status"] for name, phase in report["phases"].items()}
-    assert status == {**dict.fromkeys(["environment", "data", "model", "pretrain", "resume", "syncs"], "ok"),
+    assert status == {**dict.fromkeys(["environment", "data", "model", "decode", "pretrain", "resume", "syncs"], "ok"),
                       "deepspeed": "skipped (left out on CPU with --quick)",
                       "compile": "skipped (left out on CPU with --quick)"}, report["phases"]
     rehearsal = report["cpu_rehearsal"]  # the CPU's own figures: kept apart from the metrics

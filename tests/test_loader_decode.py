@@ -193,3 +193,11 @@ def test_nvdec_decodes_on_the_gpu_through_the_loader(shards):
     for g, c in zip(on_gpu, on_cpu):
         assert (g["video"].cpu().int() - c["video"].int()).abs().float().mean() < 3
         assert torch.equal(g["mask"].cpu(), c["mask"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="refusal without CUDA: this machine has a CUDA device")
+def test_gpu_decode_benchmark_is_refused_in_one_line_without_cuda():
+    from benchmarks.loader import run
+
+    with pytest.raises(SystemExit, match="loader --device cuda: torch sees no CUDA device here$"):
+        run(quick=True, device="cuda")
