@@ -53,13 +53,15 @@ def test_each_source_uses_its_own_frame_step(tmp_path, timeout_s):
     assert steps == {"a": {1}, "b": {3}}
 
 
-def test_a_source_without_a_step_takes_data_frame_stride(tmp_path):
+@pytest.mark.parametrize("resampled", [False, True], ids=["epochs", "resampled"])
+def test_a_source_without_a_step_takes_data_frame_stride(tmp_path, resampled):
+    """Also when shards are drawn with replacement (the mix recipe's data.resampled)."""
     numbered_shards(tmp_path / "a", "a_", 2)
     numbered_shards(tmp_path / "b", "b_", 2)
     cfg = DataConfig(sources=[DataSource(shards=str(tmp_path / "a")),
                               DataSource(shards=str(tmp_path / "b"), frame_stride=4)],
                      frame_stride=2, num_frames=4, crop="center", crop_size=SIZE, batch_size=2, num_workers=0,
-                     decode_timeout_s=0.0, mask_type="none")
+                     decode_timeout_s=0.0, mask_type="none", resampled=resampled, epoch_samples=12 if resampled else 0)
     assert cfg.source_strides() == (2, 4)
     steps = {"a": set(), "b": set()}
     for batch in build_loader(cfg, patch_size=PATCH, device=None):
