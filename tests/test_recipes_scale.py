@@ -2,12 +2,11 @@
 loads and validates; each scale pretrain recipe trains 2 steps through `vssl pretrain` with size
 overrides (tiny model, tiny synthetic shards) and the fine-tune / probe recipes that go with it
 train 2 steps through `vssl finetune --init` from that run; the lr in each recipe follows the
-scaling rule its header states; ViT-L has ViT-L's parameter count; recipes/memory.py's estimate
+scaling rule its header states; ViT-L has ViT-L's parameter count; benchmarks/memory.py's estimate
 adds up."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -139,15 +138,9 @@ def test_recipe_trains_through_the_cli_and_its_finetunes_start_from_it(tmp_path,
         assert "(pretrain checkpoint, step 2)" in capsys.readouterr().out
 
 
-def _memory_module():
-    spec = importlib.util.spec_from_file_location("recipe_memory", RECIPES / "memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_memory_estimate_adds_up_and_grows_with_depth(one_thread):
-    memory = _memory_module()
+    from benchmarks import memory
+
     path = recipe("predictive_vit_b_ssv2")
     tiny = ["data.num_frames=8", "data.crop_size=32", "model.overrides.embed_dim=32", "model.overrides.num_heads=2",
             "model.overrides.patch_size=[2, 8, 8]", "objective.decoder_dim=32", "objective.decoder_depth=1",

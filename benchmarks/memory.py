@@ -1,7 +1,7 @@
 """Training memory per GPU of a pretrain or fine-tune recipe, measured on the CPU and extrapolated.
 
-    python recipes/memory.py recipes/pretrain/predictive_vit_l_k400.yaml
-    python recipes/memory.py recipes/finetune/classification_vit_l_k400.yaml --set task.num_classes=400
+    python -m benchmarks.memory recipes/pretrain/predictive_vit_l_k400.yaml
+    python -m benchmarks.memory recipes/finetune/classification_vit_l_k400.yaml --set task.num_classes=400
 
 Why on the CPU: sizing a recipe for an 80-141 GB GPU should not need one. What it does:
 - Activations: one training step (forward under bf16 autocast, backward) of the recipe's objective
@@ -23,17 +23,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout root: benchmarks/, pipeline/
-
-try:
-    from benchmarks.model import LiveStorageBytes
-except ImportError:  # an installed copy of recipes/ (pipeline/recipes) has no benchmarks/ beside it
-    raise SystemExit("recipes/memory.py: run it from a vssl checkout (it measures with benchmarks/model.py)") from None
-from pipeline.config import FinetuneConfig, PretrainConfig, load_config, read_yaml  # noqa: E402
+from benchmarks.model import LiveStorageBytes
+from pipeline.config import FinetuneConfig, PretrainConfig, load_config, read_yaml
 
 GB = 1e9
 
