@@ -12,8 +12,8 @@ transcode never round-trips through RGB.
 
 The same frames and settings always give the same bytes, which `vssl shard` relies on for
 reproducible shards: x264's macroblock-tree rate control is off because it made the output of
-small frames (e.g. 64x48) vary from run to run (measured: 3-6 distinct outputs in 60 encodes;
-1 with mbtree=0), and a fixed `threads` makes the bytes independent of the machine's cores.
+small frames (e.g. 64x48) vary from run to run (docs/EXPERIMENTS.md, "Measurements behind design
+choices"), and a fixed `threads` makes the bytes independent of the machine's cores.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ PCIe). Where they become float decides who pays for it:
   arithmetic at all;
 - on the CPU, numpy does the arithmetic in one single-threaded pass into fresh memory: a fraction
   of what torch's intra-op threads cost when they compete with the loader's worker processes
-  (measured: ~6x less CPU).
+  (docs/EXPERIMENTS.md, "Measurements behind design choices").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _HUGE_PAGES_FROM = 32 << 20  # glibc serves smaller blocks from its heap; above,
 
 def _empty_float(shape: tuple[int, ...]) -> Tensor:
     """torch.empty; large buffers ask for transparent huge pages, since faulting in a fresh
-    4 KiB-paged buffer costs more than the conversion (measured here)."""
+    4 KiB-paged buffer costs more than the conversion."""
     nbytes = math.prod(shape) * 4
     if nbytes < _HUGE_PAGES_FROM or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(shape)

@@ -22,9 +22,9 @@ With objective.latent_target the decoder also regresses, at every reconstructed 
 final token of an EMA copy of the encoder that saw the unmasked clip (as data2vec and V-JEPA do),
 normalised per objective.latent_norm (common.latent_targets); the loss adds latent_weight x that
 MSE. Pixels alone teach a small encoder little on a short budget; the latent target gives it a
-target that is itself a representation. On the transfer benchmark's data, layer-normed targets
-were predicted to a latent MSE of 0.005 within 200 steps (little left to learn); instance-normed
-ones (each channel standardised over the clip, data2vec's choice) stay at 0.2-0.4 to step 500.
+target that is itself a representation. objective.latent_norm picks how the targets are
+normalised: per token (layer norm) or per channel over the clip (instance norm, data2vec's choice),
+which leaves more to predict (docs/EXPERIMENTS.md, "Measurements behind design choices").
 
 Backbones with mask_mode "visible_only" (ViT family) encode only the visible tokens; decoder
 masking (objective.decoder_mask_ratio > 0, VideoMAE v2) then reconstructs only part of the hidden
