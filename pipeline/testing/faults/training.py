@@ -82,6 +82,8 @@ def kill_and_resume(setup: TrainSetup, seeds: tuple[int, ...] = (0, 1)) -> Repor
     latest = ck.latest_checkpoint(out / "checkpoints")
     report.check("crash while writing checkpoint 4", crashed.returncode != 0 and latest is not None
                  and latest.name == "step-000002", f"exit {crashed.returncode}, latest checkpoint {latest}")
+    report.check("crash while writing checkpoint 4", (out / "checkpoints" / "step-000004.tmp").is_dir(),
+                 "the crash left no half-written step-000004.tmp: it did not strike mid-write")
     for seed in seeds:
         resumed = latest and int(latest.name.split("-")[1])
         step = random.Random(seed).randint(resumed + 1, STEPS - 1)
@@ -94,6 +96,9 @@ def kill_and_resume(setup: TrainSetup, seeds: tuple[int, ...] = (0, 1)) -> Repor
     report.check(None, final.returncode == 0, f"the last resume failed: {final.stderr[-1500:]}")
     trace = losses(out) if (out / "metrics.jsonl").is_file() else []
     report.check(None, trace == setup.reference, f"losses after resumes {trace} != uninterrupted {setup.reference}")
+    run_info = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    report.check(None, latest is not None and run_info.get("resumed_from") == int(latest.name.split("-")[1]),
+                 f"run.json says resumed_from {run_info.get('resumed_from')}, the last checkpoint was {latest}")
     report.check(None, not list((out / "checkpoints").glob("*.tmp")), "a partial checkpoint folder was left")
     return report
 
@@ -182,7 +187,7 @@ def nonfinite_loss(setup: TrainSetup) -> Report:
         pretrain_cli.build_objective = real_build
     fault = "NaN loss at step 3, three times"
     line = one_line_error(stderr.getvalue(), ERROR)
-    report.check(fault, code == 1 and line is not None and "non-finite 3 times" in line,
+    report.check(fault, code == 1 and line is not None and "step 3: loss or gradient non-finite 3 times" in line,
                  f"exit {code}: {stderr.getvalue()[-1500:]}")
     names = [p.name for p in ck.complete_checkpoints(out / "checkpoints")]
     report.check(fault, names == ["step-000002"] and read_ok(out / "checkpoints" / names[0]),
