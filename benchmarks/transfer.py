@@ -40,6 +40,7 @@ from pipeline.config import FinetuneConfig, PretrainConfig, ProbeConfig, from_di
 from pipeline.probe.run import run_probes
 from pipeline.tasks.evaluate import evaluate
 from pipeline.tasks.finetune import finetune
+from pipeline.tasks.kinds import trains
 from pipeline.train.pretrain_cli import build_objective, build_train_loader
 from pipeline.train.trainer import train
 
@@ -112,8 +113,8 @@ def task_config(root: Path, shards: Path, davis: Path, kind: str, init: Path | N
 
 
 def score(cfg: FinetuneConfig) -> dict[str, float]:
-    """Fine-tune (not for propagation) then evaluate; the task's metrics, in %."""
-    if cfg.task.kind == "propagation":
+    """Fine-tune (a kind that trains: not propagation) then evaluate; the task's metrics, in %."""
+    if not trains(cfg.task.kind):
         torch.manual_seed(cfg.train.seed)  # the untrained encoder's init
         metrics = evaluate(cfg, cfg.model.pretrained or None, cfg.train.output_dir)["metrics"]
     else:

@@ -557,10 +557,11 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-TaskKind = Literal["classification", "segmentation", "tracking", "propagation"]  # pipeline/tasks/finetune.py
-# task.head: the heads each kind takes, its first the default (pipeline/tasks/finetune.py: build_head)
+# task.kind -> the heads it takes (task.head), its first the default: the one list of task kinds, each
+# a module pipeline/tasks/<kind>.py (its build_head; pipeline/tasks/kinds.py says what else it holds)
 TASK_HEADS = {"classification": ("linear", "attentive"), "segmentation": ("linear", "decoder"),
               "tracking": ("correlation",), "propagation": ("none",)}
+TaskKind = Literal[tuple(TASK_HEADS)]
 HeadNorm = Literal["layer", "batch", "none"]  # pipeline/tasks/heads.py: LinearHead
 
 

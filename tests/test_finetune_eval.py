@@ -17,8 +17,7 @@ from pipeline.cli import main
 from pipeline.config import FinetuneConfig, from_dict
 from pipeline.models import create_model
 from pipeline.models.checkpoint import save_backbone
-from pipeline.tasks import davis
-from pipeline.tasks.evaluate import evaluate_classification, evaluate_segmentation
+from pipeline.tasks import classification, davis, segmentation
 from tests.finetune_testlib import TINY_MODEL, one_thread, write_recipe  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,7 +59,7 @@ def test_classification_averages_views_counts_each_video_once_and_draws_the_conf
         class_batch(["b", "b", "c", "c", "b", "b"], [1, 1, 2, 2, 1, 1],
                     [[0, 9, 0], [0, 9, 0], [9, 0, 0], [9, 0, 0], [0, 9, 0], [0, 9, 0]]),
     ])
-    report = evaluate_classification(ScoresFromVideo(), config(tmp_path), tmp_path)
+    report = classification.evaluate(ScoresFromVideo(), config(tmp_path), tmp_path)
     # a: mean softmax of [2,0,0] and [0,1,0] = (0.50, 0.34, 0.16) -> 0 (right); b -> 2 (wrong); c -> 2 (right)
     assert report["metrics"]["top1"] == pytest.approx(2 / 3)
     assert report["metrics"]["top5"] == 1.0  # k is capped at the 3 classes
@@ -75,7 +74,7 @@ def test_segmentation_miou_skips_ignored_pixels(tmp_path, monkeypatch):
     logits = torch.zeros(1, 3, 1, 2, 2)
     logits[0, 1, 0] = torch.tensor([[0.0, 1.0], [0.0, 1.0]])  # predicts [[0, 1], [0, 1]]
     fake_loader(monkeypatch, [{"video": logits, "key": ["s"], "label": torch.tensor([0]), "masks": truth[None]}])
-    report = evaluate_segmentation(ScoresFromVideo(segment=True), config(tmp_path, "segmentation", num_classes=2),
+    report = segmentation.evaluate(ScoresFromVideo(segment=True), config(tmp_path, "segmentation", num_classes=2),
                                    tmp_path)
     # pixels (truth, prediction): (0, 0), (1, 1), (1, 0): IoU0 = 1 / 2, IoU1 = 1 / 2
     assert report["class_iou"] == [0.5, 0.5] and report["metrics"]["mIoU"] == 0.5

@@ -349,7 +349,7 @@ def build_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, patch_size
     flips and shuffling; otherwise fixed order, multi-view clips, every sample (padded to equal
     batches by wrapping around). device: where batches are handed over (see the module doc).
     annotations: the per-frame annotations the consumer reads ("boxes", "masks"); no others are
-    read from the shards (pipeline/tasks/finetune.py TASK_ANNOTATIONS says which task needs which).
+    read from the shards (each task kind's ANNOTATIONS, pipeline/tasks/<kind>.py, says which it needs).
     decode_in_loader: workers only read and parse samples, this process decodes and crops them
     (batch_maker.py); None: exactly when data.decode_device is cuda (which requires it). True on
     the CPU runs the GPU's code path there (tests, benchmarks)."""

@@ -88,10 +88,10 @@ def extract(encoder: VideoBackbone, data: DataConfig, split: str, max_tokens: in
             device: torch.device | None = None, limit: int | None = None) -> FeatureSet:
     """Encode every video of `split` (each view once; the first `limit` videos in the loader's
     fixed evaluation order when given) with the frozen encoder, which is left in eval mode."""
-    from pipeline.tasks.evaluate import _device, fresh_batches
+    from pipeline.tasks.kinds import eval_device, fresh_batches
     from pipeline.train.engine import evaluation_autocast
 
-    device = device or _device()
+    device = device or eval_device()
     encoder = encoder.to(device).eval()
     views = data.eval_clips * data.eval_crops
     pooled, grids, labels, keys = [], [], [], []

@@ -1,5 +1,7 @@
-"""Semi-supervised video object segmentation by label propagation, with no training.
+"""Task kind `propagation` (pipeline/tasks/kinds.py): semi-supervised video object segmentation by
+label propagation, with no training.
 
+    vssl eval recipes/finetune/propagation.yaml --checkpoint runs/pretrain    # any encoder, or none
     from pipeline.tasks import davis, propagation
     seq = davis.read_sequence("data/synth/davis", "synth000000")
     result = propagation.evaluate_sequence(encoder, seq, propagation.PropagationConfig(context=7))
@@ -20,22 +22,32 @@ The protocol of DINO / VideoMAE-style DAVIS evaluations:
    the `topk` most similar, weights them by softmax(similarity / temperature) and averages
    their labels.
 4. Soft labels are upsampled bilinearly to the frame size; the argmax is the object id.
+`vssl eval` (evaluate) runs it on every sequence of a DAVIS-layout folder (task.davis_root,
+task.davis_split): J, F, J&F and truth | prediction strips. The encoder may be any checkpoint
+pipeline/models/build.py load_encoder reads, or none (a fresh model.name: the untrained
+baseline). task.propagation_scale > 1 enlarges small videos first, so an object spans several
+token cells (64 px synthetic frames: 2-4).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.config import ConfigError, FinetuneConfig
 from pipeline.models.base import VideoBackbone
+from pipeline.tasks import davis, overlays
 from pipeline.tasks.davis import DavisSequence
 from pipeline.tasks.features import resize_to_stride, sequence_features, to_model_input
+from pipeline.tasks.kinds import eval_device
 from pipeline.tasks.metrics import davis_sequence_scores, davis_summary
 
+ANNOTATIONS = ()  # it reads DAVIS folders, not shards
 VOID_ID = 255
 
 
@@ -133,3 +145,39 @@ def evaluate_sequence(encoder: VideoBackbone, sequence: DavisSequence,
 
 def summarize(results: list[PropagationResult]) -> dict[str, float]:
     return davis_summary([r.scores for r in results])
+
+
+def propagate_scaled(encoder: VideoBackbone, sequence: DavisSequence, config: PropagationConfig,
+                     scale: int) -> PropagationResult:
+    """Label propagation on frames enlarged `scale` times (bicubic; the first mask by repetition),
+    so a small video's objects span several token cells; predictions are scored at the original
+    size (each enlarged block's centre pixel)."""
+    if scale == 1:
+        return evaluate_sequence(encoder, sequence, config)
+    frames = torch.from_numpy(sequence.frames).permute(0, 3, 1, 2).float()
+    frames = F.interpolate(frames, scale_factor=scale, mode="bicubic", align_corners=False)
+    frames = frames.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    first = np.kron(sequence.masks[0], np.ones((scale, scale), dtype=np.uint8))
+    masks = segment_sequence(encoder, frames, first, config)[:, scale // 2::scale, scale // 2::scale]
+    return PropagationResult(sequence.name, masks, davis_sequence_scores(masks, sequence.masks))
+
+
+@torch.no_grad()
+def evaluate(encoder: VideoBackbone, cfg: FinetuneConfig, out: Path) -> dict:
+    task = cfg.task
+    config = PropagationConfig(context=task.propagation_context, topk=task.propagation_topk,
+                               temperature=task.propagation_temperature, radius=task.propagation_radius)
+    encoder = encoder.to(eval_device()).eval()
+    results, pictures = [], []
+    try:
+        names = davis.sequence_names(task.davis_root, task.davis_split)
+        for name in names:
+            sequence = davis.read_sequence(task.davis_root, name)
+            results.append(propagate_scaled(encoder, sequence, config, task.propagation_scale))
+            if len(pictures) < task.pictures:
+                pictures.append(str(overlays.save_mask_comparison(
+                    out / "eval" / f"propagation-{name}.png", sequence.frames, results[-1].masks, sequence.masks)))
+    except davis.DavisError as e:
+        raise ConfigError(f"task.davis_root: {e}") from None
+    return {"metrics": summarize(results), "sequences": {r.name: r.summary for r in results},
+            "pictures": pictures}

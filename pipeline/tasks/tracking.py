@@ -1,5 +1,7 @@
-"""Single-object box tracking head: template vs search correlation, a centre heatmap and boxes.
+"""Task kind `tracking` (pipeline/tasks/kinds.py): single-object boxes from a template vs search
+correlation head, a centre heatmap and boxes.
 
+    vssl finetune recipes/finetune/tracking.yaml --init runs/pretrain --eval
     from pipeline.tasks.heads import TaskModel
     from pipeline.tasks.tracking import TrackingHead, decode_boxes, tracking_loss
     model = TaskModel(encoder, TrackingHead(encoder.num_features), freeze_encoder=True)
@@ -19,16 +21,31 @@ Decoding takes the highest-scoring cell. The loss (CenterNet-style) is a sigmoid
 against a Gaussian heatmap peaking at 1 on the cell that contains the true centre (sigma =
 `heatmap_sigma` cells, normalised by its mass), plus L1 (on boxes scaled by the frame size) and
 GIoU loss on the box that this cell predicts - the cell decoding should pick.
+
+Training: (template, search) pairs from batch["boxes"] (pipeline/tasks/track_pairs.py: one
+random later frame per clip), tracking_loss. Evaluation (OTB one-pass): template = the first
+frame's box, search = every later frame; success AUC, precision@20px; truth | prediction box strips.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+from pipeline.config import ConfigError, DataConfig, FinetuneConfig, TaskConfig
+from pipeline.tasks import metrics, overlays
+from pipeline.tasks.heads import TaskModel
+from pipeline.tasks.kinds import batch_pictures, clip_frames, eval_device, fresh_batches, zero_loss
+from pipeline.tasks.overlays import PREDICTION_COLOUR, TRUTH_COLOUR, comparison_strip, draw_box
+from pipeline.tasks.track_pairs import FramePairs, random_pairs, sequence_pairs
+
+ANNOTATIONS = ("boxes",)
 
 
 class TrackingOutput(NamedTuple):
@@ -122,3 +139,78 @@ def tracking_loss(out: TrackingOutput, boxes: Tensor, frame: tuple[int, int], he
     giou = generalized_box_iou_loss(predicted, boxes, reduction="mean")
     loss = heat + box_weight * l1 + giou_weight * giou
     return loss, {"heatmap": heat.item(), "l1": l1.item(), "giou": giou.item()}
+
+
+def build_head(cfg: FinetuneConfig, dim: int) -> nn.Module:
+    return TrackingHead(dim, width=cfg.task.head_width)
+
+
+def settle(task: TaskConfig, data: DataConfig) -> TaskConfig:
+    return task
+
+
+class TrackingLoss(nn.Module):
+    def __init__(self, model: TaskModel, cfg: FinetuneConfig) -> None:
+        super().__init__()
+        self.model, self.cfg = model, cfg
+
+    def pairs(self, batch: dict) -> FramePairs:
+        if "boxes" not in batch:
+            raise ConfigError(f"data.shards: tracking needs samples with boxes ({batch['key'][:1]} has none)")
+        boxes = batch["boxes"].to(batch["video"].device)
+        return random_pairs(batch["video"], boxes, self.cfg.task.template_size, self.cfg.task.template_context)
+
+    def forward(self, batch: dict) -> tuple[Tensor, dict]:
+        pairs = self.pairs(batch)
+        if not len(pairs.boxes):  # no clip with two known boxes: a zero loss that still has a graph
+            return zero_loss(self.model), {"pairs": 0.0}
+        out = self.model(pairs.template, pairs.search)
+        loss, logs = tracking_loss(out, pairs.boxes, tuple(pairs.search.shape[-2:]))
+        return loss, {**logs, "pairs": float(len(pairs.boxes))}
+
+    @torch.no_grad()
+    def visualize(self, batch: dict) -> np.ndarray:
+        """Up to 8 search frames: truth box (top) and predicted box (bottom)."""
+        pairs = self.pairs(batch)
+        if not len(pairs.boxes):
+            return batch_pictures(batch["video"][:1].float(), self.cfg)[0, 0]
+        pairs = FramePairs(*(x[:8] for x in pairs))
+        predicted = decode_boxes(self.model(pairs.template, pairs.search), tuple(pairs.search.shape[-2:]))
+        frames = batch_pictures(pairs.search[:, :, None].float(), self.cfg)[:, 0]
+        truth = np.stack([draw_box(f, b, TRUTH_COLOUR) for f, b in zip(frames, pairs.boxes.cpu().numpy())])
+        guess = np.stack([draw_box(f, b, PREDICTION_COLOUR) for f, b in zip(frames, predicted.cpu().numpy())])
+        return np.asarray(comparison_strip(truth, guess))
+
+
+LOSS = TrackingLoss
+
+
+@torch.no_grad()
+def evaluate(model: TaskModel, cfg: FinetuneConfig, out: Path) -> dict:
+    device, task = eval_device(), cfg.task
+    predicted_all, truth_all, pictures, clips = [], [], [], 0
+    for batch, keep in fresh_batches(cfg.data, model.encoder.patch_size, cfg.task.eval_split, ANNOTATIONS):
+        if "boxes" not in batch:
+            raise ConfigError(f"data.shards: tracking needs samples with boxes ({batch['key'][0]} has none)")
+        for i in keep.tolist():
+            clip, boxes = batch["video"][i].to(device), batch["boxes"][i].to(device)
+            pairs = sequence_pairs(clip, boxes, task.template_size, task.template_context)
+            if not len(pairs.boxes):
+                continue
+            guess = decode_boxes(model(pairs.template, pairs.search), tuple(clip.shape[-2:])).cpu()
+            predicted_all.append(guess)
+            truth_all.append(pairs.boxes.cpu())
+            clips += 1
+            if len(pictures) < task.pictures:
+                shown = boxes.cpu().nan_to_num(0.0)  # the template frame shows its given box
+                track = shown.clone()
+                track[pairs.frame.cpu()] = guess
+                pictures.append(str(overlays.save_box_comparison(
+                    out / "eval" / f"tracking-{len(pictures)}.png", clip_frames(clip, cfg), track.numpy(),
+                    shown.numpy())))
+    if not predicted_all:
+        raise ConfigError(f"data.shards: no {task.eval_split} clip has two frames with known boxes")
+    predicted, truth = torch.cat(predicted_all), torch.cat(truth_all)
+    return {"metrics": {"success_auc": metrics.success_auc(predicted, truth),
+                        "precision_20px": metrics.precision_at(predicted, truth, 20.0)},
+            "pairs": len(truth), "clips": clips, "pictures": pictures}
