@@ -12,7 +12,7 @@ indices past the real end, so indices never go there. The remaining risk of a ha
 pipeline/data/decode_process.py. decord is the default; pyav seeks to the keyframe before each
 run of wanted frames; torchcodec (pip extra `torchcodec`, plus the system FFmpeg shared libraries)
 is refused in one line by check_decoder when it cannot run here. All three return the same pixels
-on H.264 MP4 (tests/test_loader_decode.py). On the CPU frames are a numpy array; torchcodec on a
+on H.264 MP4 (tests/data/test_loader_decode.py). On the CPU frames are a numpy array; torchcodec on a
 CUDA device (data.decode_device=cuda) returns a torch tensor on that device, which stays there
 through the crops (the loader decodes those in its own process: see loader.py).
 """

@@ -6,7 +6,7 @@
 Factories take keyword overrides of their defaults and return a `VideoBackbone`
 (pipeline/models/base.py). Names say size and attention: `vit_small_divided`, `mvit_tiny`, ...
 
-A factory too big for the generic test (tests/test_models_generic.py runs every registered model
+A factory too big for the generic test (tests/models/test_models_generic.py runs every registered model
 forward and backward on CPU) may register the overrides that shrink it there, e.g. fewer blocks
 at the real width: `register_model(fn, test_overrides={"depth": 2})` or
 `@register_model(test_overrides={"depth": 2})`. Plain `@register_model` means none.

@@ -1,4 +1,4 @@
-"""Helpers for the tests of `vssl shard` / `vssl inspect` (tests/test_shard_*.py): tiny inputs, reading shards back."""
+"""Helpers for the tests of `vssl shard` / `vssl inspect` (tests/data_prep/test_shard_*.py): tiny inputs, reading shards back."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ tiny 192/12/3, small 384/12/6, base 768/12/12, large 1024/24/16, huge 1280/32/16
   vector only, VideoMAE's fc_norm) or "none" (HF VideoMAEModel's mean-pooling layout).
 - `flops(T, H, W, mask=None)`: forward FLOPs for one clip (2 per multiply-add) of the patch
   embedding, every Linear and the attention matmuls; norms, softmax, activations and adds are
-  left out. It matches torch.utils.flop_counter.FlopCounterMode (tests/test_models_vit.py).
+  left out. It matches torch.utils.flop_counter.FlopCounterMode (tests/models/test_models_vit.py).
 """
 
 from __future__ import annotations
