@@ -1,6 +1,6 @@
 """Task metrics against values computed by hand on tiny arrays (pipeline/tasks/metrics.py).
 
-    python -m pytest -q tests/test_tasks_metrics.py
+    python -m pytest -q tests/tasks/test_tasks_metrics.py
 """
 
 import math

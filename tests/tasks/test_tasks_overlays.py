@@ -1,6 +1,6 @@
 """Result pictures (pipeline/tasks/overlays.py): valid images, expected sizes, drawings where they belong.
 
-    python -m pytest -q tests/test_tasks_overlays.py
+    python -m pytest -q tests/tasks/test_tasks_overlays.py
 """
 
 import numpy as np

@@ -1,6 +1,6 @@
 """Layer-wise lr decay parameter groups (pipeline/tasks/layer_decay.py).
 
-    python -m pytest -q tests/test_tasks_layer_decay.py
+    python -m pytest -q tests/tasks/test_tasks_layer_decay.py
 """
 
 import pytest

@@ -1,6 +1,6 @@
 """Every task kind in pipeline/config.py's TASK_HEADS has its module with what kinds.py says it holds.
 
-    python -m pytest -q tests/test_tasks_kinds.py
+    python -m pytest -q tests/tasks/test_tasks_kinds.py
 """
 
 from __future__ import annotations

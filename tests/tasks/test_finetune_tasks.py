@@ -1,6 +1,6 @@
 """Every head through `vssl finetune` and `vssl eval`: tiny models, a few steps, real tiny shards.
 
-    python -m pytest -q tests/test_finetune_tasks.py
+    python -m pytest -q tests/tasks/test_finetune_tasks.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from pipeline.tasks.evaluate import evaluate
 from pipeline.tasks.finetune import finetune, make_task_loss, make_optimizer, prepare, build_task_model
 from pipeline.train import checkpoint as ck
-from tests.finetune_testlib import one_thread, tiny_config, tiny_dataset  # noqa: F401 (fixture)
+from tests.tasks.finetune_testlib import tiny_config, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,6 +1,6 @@
 """Where a fine-tune starts: every supported checkpoint kind, reports, and one-line errors.
 
-    python -m pytest -q tests/test_finetune_init.py
+    python -m pytest -q tests/tasks/test_finetune_init.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.train import checkpoint as ck
 from pipeline.train.build import build_objective, build_train_loader
 from pipeline.train.trainer import train
 from pipeline.testing import tiny_train
-from tests.finetune_testlib import one_thread, tiny_dataset, tiny_recipe, write_recipe  # noqa: F401 (fixture)
+from tests.tasks.finetune_testlib import tiny_dataset, tiny_recipe, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY_HF = dict(image_size=32, num_frames=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

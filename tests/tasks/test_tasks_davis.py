@@ -1,6 +1,6 @@
 """DAVIS-2017 layout reading and writing (pipeline/tasks/davis.py).
 
-    python -m pytest -q tests/test_tasks_davis.py
+    python -m pytest -q tests/tasks/test_tasks_davis.py
 """
 
 import numpy as np

@@ -1,6 +1,6 @@
 """What a fine-tune trains on: the labelled subset (task.label_fraction) and clip-consistent mixing.
 
-    python -m pytest -q tests/test_finetune_data.py
+    python -m pytest -q tests/tasks/test_finetune_data.py
 """
 
 from __future__ import annotations

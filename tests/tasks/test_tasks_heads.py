@@ -1,6 +1,6 @@
 """Task heads, TaskModel and the tracking head (pipeline/tasks/heads.py, tracking.py).
 
-    python -m pytest -q tests/test_tasks_heads.py
+    python -m pytest -q tests/tasks/test_tasks_heads.py
 """
 
 from typing import get_args

@@ -1,6 +1,6 @@
 """Label propagation (pipeline/tasks/propagation.py) and per-frame features (features.py).
 
-    python -m pytest -q tests/test_tasks_propagation.py
+    python -m pytest -q tests/tasks/test_tasks_propagation.py
 """
 
 import numpy as np

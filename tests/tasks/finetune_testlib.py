@@ -1,11 +1,10 @@
-"""Shared pieces of the fine-tuning tests: tiny annotated shards (train + val) and a tiny recipe."""
+"""Shared pieces of the fine-tuning tests: tiny annotated shards (train + val) and a tiny recipe.
+(`one_thread`, which they use, is tests/conftest.py's.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-import torch
 import yaml
 
 from pipeline.config import FinetuneConfig, from_dict
@@ -13,16 +12,6 @@ from pipeline.testing.shards import write_shards
 
 TINY_MODEL = {"name": "vit_tiny_joint",
               "overrides": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": [2, 8, 8]}}
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run several times faster on one torch thread on a shared 2-core machine
-    (measured: 7x; threads spin waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_dataset(folder: Path) -> str:

@@ -1,6 +1,6 @@
 """`vssl eval` on hand-checkable cases: multi-view aggregation, wrap-around padding, mIoU, J&F.
 
-    python -m pytest -q tests/test_finetune_eval.py
+    python -m pytest -q tests/tasks/test_finetune_eval.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pipeline.config import FinetuneConfig, from_dict
 from pipeline.models import create_model
 from pipeline.models.checkpoint import save_backbone
 from pipeline.tasks import classification, davis, segmentation
-from tests.finetune_testlib import TINY_MODEL, one_thread, write_recipe  # noqa: F401 (fixture)
+from tests.tasks.finetune_testlib import TINY_MODEL, write_recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
