@@ -36,8 +36,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import synthetic_shards
-from pipeline.config import FinetuneConfig, PretrainConfig, ProbeConfig, from_dict
+from pipeline.config import FinetuneConfig, PretrainConfig, ProbeConfig, from_dict, read_yaml
 from pipeline.probe.run import run_probes
+from pipeline.recipe_files import recipe_path
 from pipeline.tasks.evaluate import evaluate
 from pipeline.tasks.finetune import finetune
 from pipeline.tasks.kinds import trains
@@ -98,11 +99,19 @@ def pretrain(root: Path, shards: Path, objective: str, budget: Budget) -> Path:
     return out
 
 
+def propagation_settings() -> dict:
+    """The propagation_* settings of the shipped propagation recipe (frame enlargement, window,
+    top-k): the benchmark evaluates as a user running that recipe on these videos does."""
+    task = read_yaml(recipe_path("finetune/propagation.yaml"))["task"]
+    return {key: value for key, value in task.items() if key.startswith("propagation_")}
+
+
 def task_config(root: Path, shards: Path, davis: Path, kind: str, init: Path | None, steps: int, budget: Budget,
                 seed: int, label_fraction: float, name: str) -> FinetuneConfig:
     task, lr = {"classification": ({"head": "linear", "head_norm": "batch", "label_smoothing": 0.1}, 1e-3),
                 "segmentation": ({"head": "decoder"}, 3e-3),
-                "propagation": ({"davis_root": str(davis), "davis_split": "bench"}, 1e-3)}[kind]
+                "propagation": ({"davis_root": str(davis), "davis_split": "bench", **propagation_settings()},
+                                1e-3)}[kind]
     return from_dict(FinetuneConfig, {
         "data": data_section(shards, budget.finetune_batch, budget, seed, mask_type="none", eval_clips=1),
         "model": {**MODEL, "pretrained": str(init or "")},

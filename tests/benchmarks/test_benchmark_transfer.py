@@ -33,3 +33,14 @@ def test_transfer_benchmark_runs_every_peer_and_reports_each_metric(monkeypatch,
     rows = [line for line in out.splitlines() if line.startswith("transfer:   fine-tune top-1 %")]
     assert len(rows) == 1 and rows[0].count("(") == len(transfer.INITS)  # each init: mean +- spread (seeds)
     assert "propagation J&F %" in out and "supervised reference" in out
+
+
+def test_propagation_is_evaluated_with_the_shipped_recipes_settings(tmp_path):
+    """The J&F row evaluates as `vssl eval recipes/finetune/propagation.yaml` does: at scale 1 the
+    64 px test-bed frames give an 8x8 token grid and J&F near zero for any encoder."""
+    cfg = transfer.task_config(tmp_path, tmp_path / "shards", tmp_path / "davis", "propagation", None, 0,
+                               transfer.BUDGETS["quick"], 0, 1.0, "scratch")
+    recipe = transfer.read_yaml(transfer.recipe_path("finetune/propagation.yaml"))["task"]
+    assert cfg.task.propagation_scale == recipe["propagation_scale"] > 1
+    assert cfg.task.propagation_radius == recipe["propagation_radius"]
+    assert cfg.task.davis_split == "bench"
