@@ -3,9 +3,11 @@
     python -m benchmarks transfer --save    # runs it, writes docs/results/transfer.json, rewrites RESULTS.md
     python -m benchmarks --render           # only rewrites docs/RESULTS.md from docs/results/*.json
 
-A saved record is the runner's JSON line plus when, where and how long: one file per benchmark
-and mode (NAME.json, NAME-quick.json), replaced by the next saved run of the same kind. The page
-lists every record: metric, value, goal (and whether it is met where the goal is a plain bound).
+A saved record is the runner's JSON line plus when, where, at which commit and how long: one file
+per benchmark and mode (NAME.json, NAME-quick.json), replaced by the next saved run of the same
+kind. The page lists every record: metric, value, goal (and whether it is met where the goal is a
+plain bound), then the record's `notes` (sentences added to a saved record when a later commit
+changes what a figure means, until the next saved run replaces it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import operator
 import os
 import platform
 import re
+import subprocess
 from pathlib import Path
 
 from pipeline.durable import atomic_write
@@ -39,10 +42,22 @@ def machine() -> str:
     return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
 
 
+def commit() -> str:
+    """The checkout's commit, "+" when it has uncommitted changes; "" outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+" if dirty else "")
+
+
 def save(record: dict, seconds: float, folder: Path = RESULTS) -> Path:
-    """Write one run's record (the runner's JSON object) with its date, machine and duration."""
+    """Write one run's record (the runner's JSON object) with its date, machine, commit and duration."""
     stamped = {**record, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": machine(), "seconds": round(seconds, 1)}
+               "machine": machine(), "commit": commit(), "seconds": round(seconds, 1)}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{record['benchmark']}{'-quick' if record['quick'] else ''}.json"
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n"))
@@ -61,11 +76,13 @@ def section(record: dict) -> str:
     lines = [f"## {record['benchmark']} ({mode})", "",
              f"`python -m benchmarks {record['benchmark']}{' --quick' if record['quick'] else ''}` — "
              f"{record.get('date', '?')}, {record.get('machine', '?')}, device {record.get('device', '?')}, "
-             f"{record.get('seconds', 0) / 60:.1f} min", "", "| metric | value | goal | met |", "|---|---|---|---|"]
+             f"commit {record.get('commit') or '?'}, {record.get('seconds', 0) / 60:.1f} min", "", "| metric | value | goal | met |", "|---|---|---|---|"]
     goals = record.get("goals", {})
     for name, value in record["metrics"].items():
         goal = goals.get(name, "")
         lines.append(f"| {name} | {'—' if value is None else value} | {goal} | {met(value, goal)} |")
+    if record.get("notes"):
+        lines += ["", *(f"Note: {note}" for note in record["notes"])]
     return "\n".join(lines) + "\n"
 
 

@@ -30,11 +30,16 @@ def test_saved_records_render_one_section_each_newest_replacing_older(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["loader-quick.json", "loader.json"]
     saved = json.loads((folder / "loader.json").read_text())
     assert saved["metrics"]["a_vs_b"] == 0.97 and saved["seconds"] == 60.0 and "CPU cores" in saved["machine"]
+    assert saved["commit"].rstrip("+") == _results.commit().rstrip("+") != ""  # this checkout's HEAD
+    saved["notes"] = ["jf_* predate a fix."]
+    (folder / "loader.json").write_text(json.dumps(saved))
     text = _results.render(folder, page).read_text()
     assert text.startswith(_results.HEADER)
     assert text.index("## loader (full)") < text.index("## loader (quick)")
     full = text.split("## loader (full)")[1].split("## loader (quick)")[0]
     assert "| a_vs_b | 0.97 | >= 0.9 | yes |" in full and "| extra | — |  |  |" in full and "1.0 min" in full
+    assert f"commit {saved['commit']}" in full and "\nNote: jf_* predate a fix.\n" in full
+    assert "Note:" not in text.split("## loader (quick)")[1]
     assert "| a_vs_b | 1.2 | >= 0.9 | yes |" in text.split("## loader (quick)")[1]
 
 
