@@ -44,10 +44,9 @@ class LinearHead(nn.Module):
 
     "layer" standardises each sample over its channels; "batch" standardises each channel over
     the batch (running statistics in eval), as MAE / VideoMAE put a BatchNorm before a linear
-    probe. Mean-pooled tokens share most of their value across clips: after a LayerNorm the
-    channels vary across the benchmark's clips by 0.05-0.25 of their scale, and a head on them
-    stayed near chance (11-16%, 8 classes) through 170 steps, where "batch" gives it
-    unit-variance inputs. "batch" needs training batches of 2 or more; its statistics are per
+    probe. Mean-pooled tokens share most of their value across clips, so after a LayerNorm the
+    channels barely vary across clips and a head on them learns slowly (docs/EXPERIMENTS.md,
+    "Measurements behind design choices"); "batch" gives it unit-variance inputs. "batch" needs training batches of 2 or more; its statistics are per
     process.
     """
 
