@@ -211,12 +211,12 @@ def print_table(budget: Budget, probes: dict, supervised_top1: float, tuned: dic
         print(f"transfer:   {method + (' (k 20)' if method == 'knn' else ''):<30}"
               + "".join(f"{probes[name][method]:>12.1f}" for name in ENCODERS))
     print(f"transfer: supervised reference (all labels, fine-tuned) val top-1 {supervised_top1:.1f}")
-    print(f"transfer: {int(budget.label_fraction * 100)}% labels {'':<22}" + "".join(f"{i:>24}" for i in INITS))
+    print(f"transfer: {int(budget.label_fraction * 100)}% labels {'':<22}" + "".join(f"{i:>30}" for i in INITS))
     cells = [f"{statistics.mean(v):.1f} +- {statistics.pstdev(v):.1f} ({', '.join(f'{x:.1f}' for x in v)})"
              for v in tuned.values()]
-    print(f"transfer:   fine-tune top-1 %{'':<16}" + "".join(f"{c:>24}" for c in cells))
-    print(f"transfer:   segmentation mIoU %{'':<13}" + "".join(f"{miou[i]:>24.1f}" for i in INITS))
-    print(f"transfer:   propagation J&F %{'':<15}" + "".join(f"{jf[i]:>24.1f}" for i in INITS)
+    print(f"transfer:   fine-tune top-1 %{'':<16}" + "".join(f" {c:>29}" for c in cells))
+    print(f"transfer:   segmentation mIoU %{'':<13}" + "".join(f"{miou[i]:>30.1f}" for i in INITS))
+    print(f"transfer:   propagation J&F %{'':<15}" + "".join(f"{jf[i]:>30.1f}" for i in INITS)
           + "   (scratch = untrained encoder)")
     print("transfer: seconds " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
