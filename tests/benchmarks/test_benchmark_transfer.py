@@ -19,6 +19,9 @@ def test_transfer_benchmark_runs_every_peer_and_reports_each_metric(monkeypatch,
                                finetune_steps=2, segment_steps=2, finetune_batch=4, propagation_sequences=2,
                                workers=0, decode_timeout_s=0.0, probe_epochs=(2, 1))
     monkeypatch.setitem(transfer.BUDGETS, "quick", tiny)
+    # the recipe's 4x frame enlargement costs ~5 s per sequence and encoder; the settings' path is
+    # checked by the next test
+    monkeypatch.setattr(transfer, "propagation_settings", lambda: {"propagation_scale": 1})
     result = transfer.run(quick=True)
     metrics, goals = result["metrics"], result["goals"]
     assert set(goals) <= set(metrics)
