@@ -148,9 +148,11 @@ def check_decoder(name: Decoder, device: DecodeDevice = "cpu") -> None:
             raise ValueError(f"data.decoder: {problem}")
     elif importlib.util.find_spec(_MODULES[name]) is None:
         raise ValueError(f"data.decoder: {name} is not installed")
+    if device != "cuda":
+        return
     import torch
 
-    if device == "cuda" and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise ValueError(f"data.decode_device: cuda, but torch {torch.__version__} sees no CUDA device "
                          f"(no GPU, or a driver too old for its CUDA {torch.version.cuda}); set data.decode_device=cpu")
 
