@@ -55,6 +55,11 @@ class SkipSample(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
 
+    def count(self, skipped: Counter, key: str, shard: str) -> None:
+        """Count this skip by its reason in `skipped` and log it in one line naming the sample."""
+        skipped[self.reason] += 1
+        log.warning("skipped sample %r of %s (%s): %s", key, shard, self.reason, self.detail)
+
 
 @dataclass
 class ParsedSample:
@@ -149,8 +154,7 @@ class BatchMaker:
             try:
                 views = self.views(sample)
             except SkipSample as e:
-                skipped[e.reason] += 1
-                log.warning("skipped sample %r of %s (%s): %s", sample.key, sample.shard, e.reason, e.detail)
+                e.count(skipped, sample.key, sample.shard)
                 continue
             decoded += 1
             for clip, clip_boxes, clip_masks in views:

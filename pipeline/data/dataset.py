@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -60,7 +59,6 @@ from pipeline.data.shard_format import BOXES_EXT, MASKS_EXT, META_EXT, VIDEO_EXT
 from pipeline.data.tar_reader import RawSample, read_segment
 from pipeline.data.transforms import TransformSpec
 
-log = logging.getLogger("vssl.data")
 ANNOTATION_EXTS = {"boxes": BOXES_EXT, "masks": MASKS_EXT}  # batch key -> the sample member it comes from
 
 
@@ -270,6 +268,5 @@ class ClipDataset(IterableDataset):
             try:
                 samples.append(self._parse(raw, stream))
             except SkipSample as e:
-                skipped[e.reason] += 1
-                log.warning("skipped sample %r of %s (%s): %s", raw.key, raw.shard, e.reason, e.detail)
+                e.count(skipped, raw.key, raw.shard)
         return ReadBatch(samples, mask_seed, skipped, worker, os.getpid())
